@@ -1,0 +1,71 @@
+"""Image <-> napari layer data: world placement in, source geometry back out for saving."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..io.image import Image
+
+META_KEY = "medseg"
+
+
+def placement(image: Image) -> dict:
+    """scale/translate for axis-aligned images with positive directions, a full affine otherwise."""
+    if np.allclose(image.direction, np.eye(image.ndim), atol=1e-6):
+        return {"scale": tuple(image.spacing[::-1]), "translate": tuple(image.origin[::-1])}
+    return {"affine": image.napari_affine}
+
+
+def layer_metadata(image: Image, **extra) -> dict:
+    return {
+        META_KEY: {
+            "geometry": image.geometry(),
+            "path": str(image.path) if image.path else None,
+            "modality": image.modality,
+            "intensity": image.intensity,
+            **extra,
+        }
+    }
+
+
+def image_layer_data(image: Image, name: str | None = None) -> tuple:
+    """A napari LayerDataTuple for an image, placed in world coordinates (LPS mm)."""
+    from ..inference.intensity import display_limits
+
+    kwargs = {"name": name or (image.path.name if image.path else "image"), "metadata": layer_metadata(image), **placement(image)}
+    if image.is_rgb:
+        kwargs["rgb"] = True
+    elif image.channel_axis is not None:
+        kwargs["channel_axis"] = image.channel_axis % image.array.ndim
+        kwargs["name"] = [f"{kwargs['name']} [{i}]" for i in range(image.array.shape[image.channel_axis])]
+        kwargs["metadata"] = [kwargs["metadata"]] * image.array.shape[image.channel_axis]
+    else:
+        kwargs["colormap"] = "gray"
+        kwargs["contrast_limits"] = display_limits(image.array, image.intensity)
+    return image.array, kwargs, "image"
+
+
+def labels_layer_kwargs(image: Image, name: str, label_names: dict[int, str] | None = None) -> dict:
+    """Labels share the image's placement and remember its geometry for saving."""
+    return {"name": name, "metadata": layer_metadata(image, label_names=label_names or {}), **placement(image)}
+
+
+def reference_image(layer_data: np.ndarray, metadata: dict, attributes: dict | None = None) -> Image:
+    """The geometry a labels layer was created in (or the best reconstruction from its transform)."""
+    info = (metadata or {}).get(META_KEY)
+    ndim = layer_data.ndim
+    if info and len(info["geometry"]["shape"]) == ndim:
+        geo = info["geometry"]
+        return Image(layer_data, geo["spacing"], geo["origin"], np.reshape(geo["direction"], (ndim, ndim)),
+                     modality=info.get("modality", "unknown"), path=Path(info["path"]) if info.get("path") else None)
+    # a layer napari-medseg did not create: napari's own transform, read as LPS millimetres
+    attributes = attributes or {}
+    scale = np.asarray(attributes.get("scale", np.ones(ndim)), dtype=float)
+    translate = np.asarray(attributes.get("translate", np.zeros(ndim)), dtype=float)
+    affine = np.asarray(attributes.get("affine", np.eye(ndim + 1)), dtype=float)
+    linear = affine[:ndim, :ndim] @ np.diag(scale)
+    offset = affine[:ndim, :ndim] @ translate + affine[:ndim, ndim]
+    spacing = np.linalg.norm(linear, axis=0)
+    direction = (linear / spacing)[::-1, ::-1]
+    return Image(layer_data, spacing[::-1], offset[::-1], direction)

@@ -1,0 +1,40 @@
+"""npe2 reader: every format `read_image` knows; None for anything else (npe2 contract)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".ima",
+            ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+
+
+def _readable(path: Path) -> bool:
+    if path.is_dir():
+        return True  # a DICOM folder; read_image says clearly if it holds no series
+    return path.name.lower().endswith(SUFFIXES)
+
+
+def get_reader(path):
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    path = Path(path)
+    return read_layers if _readable(path) else None
+
+
+def read_layers(path):
+    """Layer data for napari; a clear notification (not a traceback) when the file is bad."""
+    from napari.utils.notifications import show_error
+
+    from ..errors import MedsegError
+    from ..io import read_image
+    from .layers import image_layer_data
+
+    if isinstance(path, list):
+        path = path[0]
+    try:
+        image = read_image(path)
+    except MedsegError as exc:
+        show_error(str(exc))
+        return [(None,)]
+    return [image_layer_data(image)]

@@ -1,0 +1,107 @@
+"""Runs core functions off the GUI thread with a progress bar and a cancel button."""
+from __future__ import annotations
+
+import threading
+import traceback
+from typing import Callable
+
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QWidget
+
+
+class _Bridge(QObject):
+    progressed = Signal(int, int, str)
+
+
+class TaskRunner(QWidget):
+    """A progress bar plus Cancel; ``run(fn, on_done)`` calls ``fn(progress=..., cancel=...)`` in a thread."""
+
+    def __init__(self, notify: Callable[[str, str], None], parent=None):
+        super().__init__(parent)
+        self._notify = notify
+        self._cancel_event = threading.Event()
+        self._worker = None
+        self.bar = QProgressBar()
+        self.bar.setTextVisible(True)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the running operation (labels already drawn are kept)")
+        self.cancel_button.clicked.connect(self.cancel)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.bar, 1)
+        layout.addWidget(self.cancel_button)
+        self._bridge = _Bridge()
+        self._bridge.progressed.connect(self._show_progress)
+        self._set_idle("Ready")
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    def _set_idle(self, text: str) -> None:
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+        self.bar.setFormat(text)
+        self.cancel_button.setEnabled(False)
+
+    def _show_progress(self, done: int, total: int, message: str) -> None:
+        if total <= 0:
+            self.bar.setRange(0, 0)  # busy indicator
+        else:
+            self.bar.setRange(0, total)
+            self.bar.setValue(done)
+        self.bar.setFormat(f"{message}  %p%" if total > 0 else message)
+
+    def cancel(self) -> None:
+        self._cancel_event.set()
+        self.bar.setFormat("Cancelling...")
+
+    def run(self, fn: Callable, on_done: Callable, message: str = "Working", on_finally: Callable | None = None) -> bool:
+        """Start ``fn``; ``on_done(result)`` runs on the GUI thread. Returns False if already busy."""
+        from napari.qt.threading import create_worker
+
+        from ..errors import Cancelled, MedsegError
+
+        if self.busy:
+            self._notify("warning", "Still working on the previous request; wait or press Cancel.")
+            return False
+        self._cancel_event.clear()
+        self._show_progress(0, 0, message)
+        self.cancel_button.setEnabled(True)
+
+        def job():
+            return fn(progress=self._bridge.progressed.emit, cancel=self._cancel_event.is_set)
+
+        def errored(exc):
+            if isinstance(exc, Cancelled):
+                self._notify("info", str(exc))
+            elif isinstance(exc, MedsegError):
+                self._notify("error", str(exc))
+            else:
+                detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                self._notify("error", f"Unexpected error: {detail}")
+                traceback.print_exception(type(exc), exc, exc.__traceback__)
+
+        def finished():
+            self._worker = None
+            self._set_idle("Ready")
+            if on_finally:
+                on_finally()
+
+        worker = create_worker(job)
+        worker.returned.connect(on_done)
+        worker.errored.connect(errored)
+        worker.finished.connect(finished)
+        self._worker = worker
+        worker.start()
+        return True
+
+    def wait(self, timeout_ms: int = 60000) -> None:
+        """Block until the running task ends (tests and shutdown)."""
+        from qtpy.QtCore import QCoreApplication, QElapsedTimer
+
+        timer = QElapsedTimer()
+        timer.start()
+        while self._worker is not None and timer.elapsed() < timeout_ms:
+            QCoreApplication.processEvents()
+            threading.Event().wait(0.01)

@@ -1,0 +1,15 @@
+"""npe2 writer: a labels layer saved in its source image's exact geometry, names kept."""
+from __future__ import annotations
+
+
+def write_labels_layer(path: str, data, attributes: dict) -> list[str]:
+    import numpy as np
+
+    from ..io import write_labels
+    from .layers import META_KEY, reference_image
+
+    data = np.asarray(data)
+    metadata = attributes.get("metadata") or {}
+    like = reference_image(data, metadata, attributes)
+    names = {int(k): v for k, v in (metadata.get(META_KEY, {}).get("label_names") or {}).items()}
+    return [str(write_labels(data, like, path, label_names=names or None))]

@@ -1,0 +1,61 @@
+"""`medseg`: one entry point with subcommands; each is a thin shell over the core."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import MedsegError
+
+# subcommand -> (module with add_arguments(parser) and run(args) -> int, one-line help)
+SUBCOMMANDS = {
+    "demo": ("napari_medseg.cli_commands.demo", "open napari with the plugin and a sample image"),
+    "info": ("napari_medseg.cli_commands.info", "versions, devices, weights folder, optional dependencies"),
+    "models": ("napari_medseg.cli_commands.models", "list, install and verify model weights"),
+    "segment": ("napari_medseg.cli_commands.segment", "segment an image and write labels in its geometry"),
+    "evaluate": ("napari_medseg.evaluation.cli", "compare predicted and reference label maps"),
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medseg", description="napari-medseg: medical image segmentation")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        # only the chosen subcommand's module is imported, so `medseg --help` stays instant
+        if name == chosen:
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as exc:
+                raise MedsegError(f"'medseg {name}' is not available: {exc}") from None
+            module.add_arguments(command)
+            command.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        parser = build_parser(argv)
+        args = parser.parse_args(argv)
+        if args.version:
+            from . import __version__
+
+            print(__version__)
+            return 0
+        if not getattr(args, "run", None):
+            parser.print_help()
+            return 0
+        return int(args.run(args) or 0)
+    except MedsegError as exc:
+        print(f"medseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

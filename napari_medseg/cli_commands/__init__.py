@@ -1,0 +1,1 @@
+"""`medseg` subcommands: argument parsing and printing only; the work happens in the core."""

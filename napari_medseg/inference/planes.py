@@ -1,0 +1,87 @@
+"""Box prompts on any plane of a volume, at the plane's true aspect ratio.
+
+A box drawn on a coronal view of a 0.7 x 0.7 x 5 mm CT covers pixels 7 times taller than wide; the
+prompt model must see the anatomy as drawn, so the plane is resampled to square pixels first and the
+mask is mapped back to the volume's own pixels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import PromptError
+from ..io.image import Image
+
+ANISOTROPY_TOLERANCE = 1.05
+
+
+@dataclass
+class Plane:
+    pixels: np.ndarray  # uint8 (rows, cols) or (rows, cols, 3), resampled to square pixels
+    shape: tuple[int, int]  # the plane's own shape in the volume
+    zoom: tuple[float, float]  # resampled / own size per axis
+
+    def box_to_pixels(self, box) -> tuple[float, float, float, float]:
+        x0, y0, x1, y1 = box
+        return x0 * self.zoom[1], y0 * self.zoom[0], x1 * self.zoom[1], y1 * self.zoom[0]
+
+    def points_to_pixels(self, points: np.ndarray) -> np.ndarray:
+        return np.asarray(points, dtype=float) * [self.zoom[1], self.zoom[0]]
+
+    def mask_to_plane(self, mask: np.ndarray) -> np.ndarray:
+        if mask.shape == self.shape:
+            return mask.astype(bool)
+        from skimage.transform import resize
+
+        return resize(mask.astype(np.float32), self.shape, order=1, anti_aliasing=True) > 0.5
+
+
+def plane_spacing(image: Image, axis: int | None) -> tuple[float, float]:
+    """(row, col) pixel size of a plane; ``axis`` is the numpy axis held fixed (None for 2-D)."""
+    numpy_spacing = list(image.spacing[::-1])
+    if axis is not None:
+        del numpy_spacing[axis]
+    return numpy_spacing[0], numpy_spacing[1]
+
+
+def take_plane(image: Image, axis: int | None, index: int | None, limits: tuple[float, float]) -> Plane:
+    """One plane as the model sees it: uint8 in the display window ``limits``, square pixels.
+
+    ``axis`` is the numpy axis held fixed at ``index`` (None for 2-D images).
+    """
+    from .intensity import to_uint8
+
+    array = image.array
+    if axis is not None:
+        if not 0 <= index < array.shape[axis]:
+            raise PromptError(f"Slice {index} is outside the volume (0..{array.shape[axis] - 1})")
+        array = np.take(array, index, axis=axis)
+    if image.is_rgb:
+        pixels = array[..., :3] if array.dtype == np.uint8 else to_uint8(array[..., :3], (0, 255))
+    elif image.channel_axis is not None:
+        raise PromptError(f"Prompt models need a grey or RGB image; this one has {array.shape[-1]} channels")
+    else:
+        pixels = to_uint8(array, limits)
+    shape = pixels.shape[:2]
+    rows, cols = plane_spacing(image, axis)
+    ratio = rows / cols
+    if 1 / ANISOTROPY_TOLERANCE <= ratio <= ANISOTROPY_TOLERANCE:
+        return Plane(pixels, shape, (1.0, 1.0))
+    from skimage.transform import resize
+
+    finer = min(rows, cols)
+    new_shape = (max(1, round(shape[0] * rows / finer)), max(1, round(shape[1] * cols / finer)))
+    resized = resize(pixels, new_shape + pixels.shape[2:], order=1, preserve_range=True, anti_aliasing=False)
+    return Plane(np.round(resized).astype(np.uint8), shape, (new_shape[0] / shape[0], new_shape[1] / shape[1]))
+
+
+def box_from_rectangle(vertices: np.ndarray, displayed: tuple[int, int]) -> tuple[float, float, float, float]:
+    """A napari rectangle as (x0, y0, x1, y1) on the displayed plane, in SAM's pixel coordinates.
+
+    napari puts pixel centres at integer data coordinates; SAM-family models put pixel edges there,
+    hence the half-pixel shift.
+    """
+    rows = vertices[:, displayed[0]] + 0.5
+    cols = vertices[:, displayed[1]] + 0.5
+    return float(cols.min()), float(rows.min()), float(cols.max()), float(rows.max())

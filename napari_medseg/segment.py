@@ -1,0 +1,136 @@
+"""`segment()`: the one function behind the widget, the CLI and scripts."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import MedsegError, PromptError
+from .io.image import Image
+from .progress import CancelCheck, ProgressCallback
+
+
+def as_image(image: Image | str | Path | np.ndarray) -> Image:
+    """An `Image` from a path, an `Image`, or a bare array (unit spacing, RGB if it ends in 3 channels)."""
+    if isinstance(image, Image):
+        return image
+    if isinstance(image, (str, Path)):
+        from .io import read_image
+
+        return read_image(image)
+    array = np.asarray(image)
+    rgb = array.ndim == 3 and array.shape[-1] == 3 and array.dtype == np.uint8
+    ndim = array.ndim - rgb
+    if ndim not in (2, 3):
+        raise MedsegError(f"Expected a 2-D or 3-D image, got an array of shape {array.shape}")
+    return Image(array, (1.0,) * ndim, (0.0,) * ndim, np.eye(ndim), modality="RGB" if rgb else "unknown",
+                 intensity="rgb" if rgb else "raw", channel_axis=-1 if rgb else None)
+
+
+def prompt_slice(image: Image, index: int | None, window: tuple[float, float] | None = None) -> np.ndarray:
+    """The 2-D slice a prompt model sees: uint8, windowed (CT soft tissue by default), RGB kept."""
+    from .inference.intensity import display_limits, to_uint8
+
+    if image.ndim == 3:
+        depth = image.spatial_shape[0]
+        if index is None:
+            index = depth // 2
+        if not 0 <= index < depth:
+            raise PromptError(f"Slice {index} is outside the volume (0..{depth - 1})")
+        plane = image.array[index]
+    else:
+        plane = image.array
+    if image.is_rgb:
+        return plane[..., :3].astype(np.uint8) if plane.dtype == np.uint8 else to_uint8(plane[..., :3], (0, 255))
+    if image.channel_axis is not None:
+        raise PromptError("Box prompts need a grey or RGB image; this image has "
+                          f"{image.array.shape[image.channel_axis]} channels")
+    return to_uint8(plane, window or display_limits(image.array, image.intensity))
+
+
+def segment(
+    image: Image | str | Path | np.ndarray,
+    model="lite-medsam",
+    *,
+    box: Sequence[float] | None = None,
+    points: Sequence[Sequence[float]] | None = None,
+    point_labels: Sequence[int] | None = None,
+    report: str | None = None,
+    weights: str | Path | None = None,
+    device: str | None = None,
+    label: int = 1,
+    propagate: bool = False,
+    window: tuple[float, float] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck | None = None,
+) -> np.ndarray:
+    """Segment ``image`` with ``model`` (a registry id or a `LoadedModel`) and return a label map.
+
+    Box prompts are ``(x0, y0, x1, y1)`` in pixels of the slice, plus ``z`` (the slice index along
+    the first axis) for volumes; points are ``(x, y[, z])`` with ``point_labels`` 1 (object) or 0
+    (background). The result has ``image``'s spatial shape; prompted objects get value ``label``.
+    """
+    from .models.load import load_model
+    from .models.loaded import LoadedModel
+
+    img = as_image(image)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, weights=weights, device=device)
+    if img.ndim not in (2, 3):
+        raise MedsegError(f"{img.ndim}-D images are not supported")
+    if loaded.task == "box2d":
+        return _segment_box(img, loaded, box, points, point_labels, label, propagate, window, progress, cancel)
+    if loaded.task == "auto2d":
+        from .inference.auto2d import predict_auto2d
+
+        return predict_auto2d(loaded, img, progress=progress, cancel=cancel)
+    if loaded.task == "auto3d":
+        from .inference.auto3d import predict_auto3d
+
+        return predict_auto3d(loaded, img, progress=progress, cancel=cancel)
+    if loaded.task == "text2d":
+        from .inference.text2d import predict_text2d
+
+        if box is None:
+            raise PromptError("Text-guided models need a box (or click) that places the lesion crop")
+        return predict_text2d(loaded, img, report or "", box=box, window=window, label=label)
+    raise MedsegError(f"Unknown task {loaded.task!r}")
+
+
+def _segment_box(img, loaded, box, points, point_labels, label, propagate, window, progress, cancel):
+    from .inference.box2d import BoxPredictor, propagate as propagate_mask
+
+    if box is None and not points:
+        raise PromptError("Box-prompted models need a box (x0,y0,x1,y1[,z]) or points")
+    z = None
+    if box is not None:
+        if len(box) not in (4, 5):
+            raise PromptError(f"A box is x0,y0,x1,y1 or x0,y0,x1,y1,z; got {len(box)} numbers")
+        z = int(box[4]) if len(box) == 5 else None
+        box = tuple(float(v) for v in box[:4])
+    pts, pt_labels = None, None
+    if points:
+        pts = np.array([p[:2] for p in points], dtype=float)
+        pt_labels = np.array(point_labels if point_labels is not None else [1] * len(pts))
+        zs = {int(p[2]) for p in points if len(p) > 2}
+        if len(zs) > 1 or (z is not None and zs and zs != {z}):
+            raise PromptError("All prompts of one segmentation must lie on the same slice")
+        z = z if z is not None else (zs.pop() if zs else None)
+    if img.ndim == 3 and z is None:
+        raise PromptError("For a volume, give the slice index as the box's fifth number (x0,y0,x1,y1,z)")
+    plane = prompt_slice(img, z, window)
+    predictor = BoxPredictor(loaded)
+    predictor.set_image(plane)
+    mask = predictor.predict(box=box, points=pts, point_labels=pt_labels)
+    dtype = np.uint8 if label < 256 else np.uint16
+    labels = np.zeros(img.spatial_shape, dtype=dtype)
+    if img.ndim == 2:
+        labels[mask] = label
+        return labels
+    if propagate:
+        volume = np.stack([prompt_slice(img, i, window) for i in range(img.spatial_shape[0])])
+        masks = propagate_mask(predictor, volume, z, mask, progress=progress, cancel=cancel)
+        labels[masks.astype(bool)] = label
+    else:
+        labels[z][mask] = label
+    return labels

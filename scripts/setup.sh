@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create or update .venv with napari-medseg and everything it needs. Safe to run again.
+#   EXTRAS=dev bash scripts/setup.sh     also installs the test tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+extras="qt${EXTRAS:+,$EXTRAS}"
+stamp=".venv/.medseg-installed"
+want="$(cat pyproject.toml setup.py | sha256sum | cut -c1-16)-$extras"
+if [ ! -x .venv/bin/python ]; then
+  echo "Creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "Installing napari-medseg[$extras] into .venv (a few minutes the first time)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  # torch and torchvision first, as a matching pair (CUDA is used when present, CPU otherwise)
+  .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+  .venv/bin/python -m pip install -q -e ".[$extras]"
+  echo "$want" > "$stamp"
+fi

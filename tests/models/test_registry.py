@@ -1,0 +1,138 @@
+"""Registry cards, the weights manager and the safety of checkpoint loading."""
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from napari_medseg.errors import CheckpointError, WeightsNotInstalled
+from napari_medseg.models import FAMILY_MODULES, load_checkpoint
+from napari_medseg.models import weights as wm
+from napari_medseg.models.checkpoint import read_checkpoint, sha256_of
+from napari_medseg.models.registry import class_table, get_card, list_cards
+
+
+def test_every_card_is_complete():
+    cards = list_cards()
+    assert len({c.id for c in cards}) == len(cards)
+    for card in cards:
+        assert card.family in FAMILY_MODULES, card.id
+        assert card.weights and card.weight.file and card.weight.url and card.weight.license, card.id
+        assert card.citation and card.description, card.id
+        names = card.class_names()
+        assert card.classes == "from checkpoint" or names.get(0) == "background", card.id
+    assert {c.family for c in cards} == set(FAMILY_MODULES)
+
+
+def test_totalsegmentator_table_has_117_structures():
+    table = class_table("totalsegmentator_v2")
+    assert len(table["names"]) == 118 and table["names"][0] == "background"
+    assert all(len(c) == 3 for k, c in table["colors"].items() if k)
+    assert get_card("swin-smt").class_names() == table["names"]
+
+
+def test_bundled_lite_medsam_is_verified():
+    card = get_card("lite-medsam")
+    status = wm.verify(card)
+    assert status.state == wm.BUNDLED
+    assert sha256_of(status.path) == card.weight.sha256
+
+
+def test_install_from_file_copy_link_and_mismatch(tmp_path):
+    card = get_card("lite-medsam")
+    bundled = wm.weights_path(card)
+    installed = wm.install_from_file(card, bundled)
+    assert installed.is_file() and not installed.is_symlink()
+    assert wm.weight_status(card, verify=True).state == wm.INSTALLED
+    linked = wm.install_from_file(card, bundled, link=True)
+    assert linked.is_symlink()
+    tampered = tmp_path / "lite_medsam.pth"
+    shutil.copyfile(bundled, tampered)
+    with open(tampered, "r+b") as f:
+        f.seek(-10, 2)
+        f.write(b"0123456789")
+    with pytest.raises(CheckpointError, match="does not match the published"):
+        wm.install_from_file(card, tampered)
+
+
+def test_installed_file_that_changed_is_a_mismatch():
+    card = get_card("lite-medsam")
+    installed = wm.install_from_file(card, wm.weights_path(card))
+    with open(installed, "r+b") as f:
+        f.seek(100)
+        f.write(b"corrupted")
+    assert wm.verify(card).state == wm.MISMATCH
+
+
+def test_install_refuses_another_family(tmp_path):
+    path = tmp_path / "sam_vit_b_01ec64.pth"
+    torch.save({"some.layer.weight": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError, match="cannot be installed as SAM ViT-B"):
+        wm.install_from_file(get_card("sam-vit-b"), path)
+    assert wm.weight_status(get_card("sam-vit-b")).state == wm.MISSING
+
+
+def test_missing_weights_say_how_to_install():
+    with pytest.raises(WeightsNotInstalled, match="medseg models install medsam"):
+        wm.weights_path(get_card("medsam"))
+
+
+def test_download_without_network_names_url_and_command(monkeypatch):
+    card = get_card("sam-vit-b")
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(CheckpointError) as info:
+        wm.download(card)
+    assert card.weight.url in str(info.value) and "medseg models install sam-vit-b" in str(info.value)
+    with pytest.raises(CheckpointError, match="cannot be downloaded automatically"):
+        wm.download(get_card("medsam"))
+
+
+class Arbitrary:
+    pass
+
+
+def test_checkpoint_safety(tmp_path):
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": Arbitrary()}, evil)
+    with pytest.raises(CheckpointError, match="refused for safety"):
+        read_checkpoint(evil)
+    truncated = tmp_path / "truncated.pth"
+    good = tmp_path / "good.pth"
+    torch.save({"w": torch.ones(1000)}, good)
+    truncated.write_bytes(good.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        read_checkpoint(truncated)
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        read_checkpoint(empty)
+    with pytest.raises(CheckpointError, match="not found"):
+        read_checkpoint(tmp_path / "nope.pth")
+    plain_pickle = tmp_path / "plain.pkl"
+    plain_pickle.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(CheckpointError):
+        read_checkpoint(plain_pickle)
+
+
+def test_nnunet_numpy_log_entries_are_allowed(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "checkpoint_final.pth"
+    torch.save({"network_weights": {"w": torch.ones(1)}, "logging": {"mean_fg_dice": [np.float64(0.8)]},
+                "current_epoch": 1000}, path)
+    assert read_checkpoint(path)["logging"]["mean_fg_dice"][0] == pytest.approx(0.8)
+
+
+def test_unknown_layout_and_wrong_family(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"some.layer.weight": torch.ones(3, 3)}, path)
+    with pytest.raises(CheckpointError, match="match none of the supported"):
+        load_checkpoint(path)
+    lite = wm.weights_path(get_card("lite-medsam"))
+    with pytest.raises(CheckpointError, match="not a 'vm_unet' checkpoint"):
+        load_checkpoint(lite, family="vm_unet")
