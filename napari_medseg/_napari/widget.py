@@ -316,7 +316,8 @@ class SegmentWidget(QWidget):
 
         key = (card.id, device)
         if key not in self._predictors:
-            self._predictors = {key: BoxPredictor(load_model(card.id, device=device))}
+            loaded = load_model(card.id, device=device)
+            self._predictors = {key: BoxPredictor(loaded, device=loaded.info.get("device"))}
         return self._predictors[key]
 
     def _write_mask(self, image_layer, image, axis, index, mask) -> None:
@@ -341,8 +342,7 @@ class SegmentWidget(QWidget):
 
     # ---- 3-D propagation --------------------------------------------------------------------
     def propagate(self) -> None:
-        from ..inference.box2d import propagate as propagate_mask
-        from ..inference.planes import take_plane
+        from ..inference.planes import resample_mask, take_plane
 
         edit = self._edits[-1] if self._edits else None
         if edit is None or edit.layer.data.ndim != 3:
@@ -360,16 +360,9 @@ class SegmentWidget(QWidget):
         def job(progress, cancel):
             predictor = self._predictor(card, device)
             planes = [take_plane(image, axis, i, limits) for i in range(image.spatial_shape[axis])]
-            zoomed = planes[index].pixels.shape[:2] != planes[index].shape
-            start = planes[index]
-            if zoomed:
-                from skimage.transform import resize
-
-                seed = resize(start_mask.astype(np.float32), start.pixels.shape[:2], order=0) > 0.5
-            else:
-                seed = start_mask
-            masks = propagate_mask(predictor, np.stack([p.pixels for p in planes]), index, seed,
-                                   progress=progress, cancel=cancel)
+            seed = resample_mask(start_mask, planes[index].pixels.shape[:2])
+            masks = predictor.propagate(np.stack([p.pixels for p in planes]), index, seed,
+                                        progress=progress, cancel=cancel)
             return np.stack([p.mask_to_plane(m) for p, m in zip(planes, masks)])
 
         def done(masks):
@@ -399,7 +392,7 @@ class SegmentWidget(QWidget):
 
         def job(progress, cancel):
             from ..models.load import load_model
-            from ..segment import segment
+            from ..segmentation import segment
 
             loaded = load_model(card.id, device=device)
             return segment(target, loaded, progress=progress, cancel=cancel), loaded.classes

@@ -85,3 +85,12 @@ def box_from_rectangle(vertices: np.ndarray, displayed: tuple[int, int]) -> tupl
     rows = vertices[:, displayed[0]] + 0.5
     cols = vertices[:, displayed[1]] + 0.5
     return float(cols.min()), float(rows.min()), float(cols.max()), float(rows.max())
+
+
+def resample_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A boolean mask resized (nearest) to ``shape``."""
+    if mask.shape == tuple(shape):
+        return mask.astype(bool)
+    from skimage.transform import resize
+
+    return resize(mask.astype(np.float32), shape, order=0) > 0.5

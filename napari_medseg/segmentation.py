@@ -28,27 +28,6 @@ def as_image(image: Image | str | Path | np.ndarray) -> Image:
                  intensity="rgb" if rgb else "raw", channel_axis=-1 if rgb else None)
 
 
-def prompt_slice(image: Image, index: int | None, window: tuple[float, float] | None = None) -> np.ndarray:
-    """The 2-D slice a prompt model sees: uint8, windowed (CT soft tissue by default), RGB kept."""
-    from .inference.intensity import display_limits, to_uint8
-
-    if image.ndim == 3:
-        depth = image.spatial_shape[0]
-        if index is None:
-            index = depth // 2
-        if not 0 <= index < depth:
-            raise PromptError(f"Slice {index} is outside the volume (0..{depth - 1})")
-        plane = image.array[index]
-    else:
-        plane = image.array
-    if image.is_rgb:
-        return plane[..., :3].astype(np.uint8) if plane.dtype == np.uint8 else to_uint8(plane[..., :3], (0, 255))
-    if image.channel_axis is not None:
-        raise PromptError("Box prompts need a grey or RGB image; this image has "
-                          f"{image.array.shape[image.channel_axis]} channels")
-    return to_uint8(plane, window or display_limits(image.array, image.intensity))
-
-
 def segment(
     image: Image | str | Path | np.ndarray,
     model="lite-medsam",
@@ -98,7 +77,9 @@ def segment(
 
 
 def _segment_box(img, loaded, box, points, point_labels, label, propagate, window, progress, cancel):
-    from .inference.box2d import BoxPredictor, propagate as propagate_mask
+    from .inference.box2d import BoxPredictor
+    from .inference.intensity import display_limits
+    from .inference.planes import resample_mask, take_plane
 
     if box is None and not points:
         raise PromptError("Box-prompted models need a box (x0,y0,x1,y1[,z]) or points")
@@ -118,19 +99,22 @@ def _segment_box(img, loaded, box, points, point_labels, label, propagate, windo
         z = z if z is not None else (zs.pop() if zs else None)
     if img.ndim == 3 and z is None:
         raise PromptError("For a volume, give the slice index as the box's fifth number (x0,y0,x1,y1,z)")
-    plane = prompt_slice(img, z, window)
-    predictor = BoxPredictor(loaded)
-    predictor.set_image(plane)
-    mask = predictor.predict(box=box, points=pts, point_labels=pt_labels)
-    dtype = np.uint8 if label < 256 else np.uint16
-    labels = np.zeros(img.spatial_shape, dtype=dtype)
+    axis = 0 if img.ndim == 3 else None
+    limits = window or (None if img.is_rgb else display_limits(img.array, img.intensity))
+    plane = take_plane(img, axis, z, limits)
+    predictor = BoxPredictor(loaded, device=loaded.info.get("device"))
+    predictor.set_image(plane.pixels)
+    mask = predictor.predict(box=plane.box_to_pixels(box) if box else None,
+                             points=plane.points_to_pixels(pts) if pts is not None else None, point_labels=pt_labels)
+    mask = plane.mask_to_plane(mask)
+    labels = np.zeros(img.spatial_shape, dtype=np.uint8 if label < 256 else np.uint16)
     if img.ndim == 2:
         labels[mask] = label
-        return labels
-    if propagate:
-        volume = np.stack([prompt_slice(img, i, window) for i in range(img.spatial_shape[0])])
-        masks = propagate_mask(predictor, volume, z, mask, progress=progress, cancel=cancel)
-        labels[masks.astype(bool)] = label
+    elif propagate:
+        planes = [take_plane(img, 0, i, limits) for i in range(img.spatial_shape[0])]
+        seed = resample_mask(mask, planes[z].pixels.shape[:2])
+        masks = predictor.propagate(np.stack([p.pixels for p in planes]), z, seed, progress=progress, cancel=cancel)
+        labels[np.stack([p.mask_to_plane(m) for p, m in zip(planes, masks)])] = label
     else:
         labels[z][mask] = label
     return labels

@@ -1,0 +1,112 @@
+"""DICOM reading with SimpleITK: a series stack from a folder, or a single file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ImageReadError
+from ._sitk import execute, image_from_sitk
+from .dicom_series import Slice, read_header, scan_folder, select_stack, slice_of
+from .formats import has_dicom_preamble
+from .image import Image
+
+_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+
+def read_dicom_folder(folder: Path, series: str | int | None = None, *, progress=None, cancel=None) -> Image:
+    stack, slices = select_stack(scan_folder(folder, progress, cancel), series, folder)
+    if len(slices) == 1:
+        image = read_dicom_file(stack.files[0], progress=progress, cancel=cancel)
+    else:
+        image = _read_stack(slices, f"series {stack.key}", progress, cancel)
+    image.metadata.update(series_uid=stack.uid, series_key=stack.key, series_description=stack.description,
+                          series_number=stack.number, num_files=stack.num_files)
+    if stack.note:
+        image.metadata["warnings"].append(f"series {stack.note}")
+    return image
+
+
+def _read_stack(slices: list[Slice], what: str, progress, cancel) -> Image:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(s.path) for s in slices])
+    if len({s.rescale for s in slices}) > 1:  # e.g. PET: per-slice slopes need a float volume
+        reader.SetOutputPixelType(sitk.sitkFloat32)
+    img = execute(reader, what, progress, cancel)
+    first = slices[0]
+    warnings = []
+    if first.position is not None:
+        row, col, normal = np.array(first.orientation[:3]), np.array(first.orientation[3:]), first.normal
+        steps = np.diff([s.position for s in slices], axis=0)
+        along = steps @ normal
+        # ITK keeps the slice normal as third axis; a tilted gantry also shifts slices in-plane
+        shift = np.linalg.norm(steps - np.outer(along, normal), axis=1).max()
+        if shift > 0.01 * max(float(np.median(along)), 1e-6) + 0.01:
+            warnings.append(f"slices are sheared (gantry tilt? in-plane shift up to {shift:.2f} mm); "
+                            "geometry ignores the shear")
+        img.SetOrigin(tuple(first.position))
+        img.SetDirection(tuple(np.column_stack([row, col, normal]).ravel()))
+        img.SetSpacing(img.GetSpacing()[:2] + (float(np.median(along)),))
+    else:
+        warnings.append("no slice positions in the headers: slices stacked in InstanceNumber order")
+    return _finish(image_from_sitk(img, what, metadata={"format": "dicom", "warnings": warnings}), first)
+
+
+def _finish(image: Image, first: Slice) -> Image:
+    """Modality, intensity meaning and a compact type: ITK widens rescaled CT to int32; int16 holds HU."""
+    array, limits = image.array, np.iinfo(np.int16)
+    wide = array.dtype.kind in "iu" and array.dtype.itemsize > 2 and array.size
+    if wide and limits.min <= array.min() and array.max() <= limits.max:
+        image.array = array.astype(np.int16, copy=False)
+    image.modality = first.modality
+    image.intensity = "rgb" if image.channel_axis is not None and image.array.shape[-1] == 3 else (
+        "HU" if first.modality == "CT" else "raw")
+    image.metadata.setdefault("original_dtype", first.stored_dtype)
+    return image
+
+
+def read_dicom_file(path: Path, *, progress=None, cancel=None) -> Image:
+    """One DICOM file. A single slice becomes a 2-D image (see below); a multi-frame file a volume.
+
+    Single slices are 2-D because every 2-D path (box-prompted and automatic 2-D models, PNG
+    export, napari's 2-D view) takes (y, x) arrays, and a (1, y, x) volume would force each of them
+    to squeeze it. The slice's full 3-D placement is kept in metadata["slice_geometry"]; the 2-D
+    geometry is the in-plane part when the slice is axial, else the slice's own pixel grid.
+    """
+    import SimpleITK as sitk
+
+    ds = read_header(path, force=True)
+    if ds is None or not has_dicom_preamble(path) and "Rows" not in ds:
+        raise ImageReadError(f"{path.name} is not a DICOM file")
+    if str(ds.file_meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR_SOP_CLASS:
+        return read_dicom_folder(path.parent, progress=progress, cancel=cancel)
+    first = slice_of(path, ds)
+    if first is None:
+        raise ImageReadError(f"{path.name} holds no image (no pixel data): a report, or a truncated file?")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.SetImageIO("GDCMImageIO")
+    img = execute(reader, path.name, progress, cancel, hint=" (truncated or corrupt DICOM?)")
+    metadata = {"format": "dicom", "warnings": []}
+    if img.GetDimension() == 3 and img.GetSize()[2] == 1:
+        metadata["slice_geometry"] = {"spacing": list(img.GetSpacing()), "origin": list(img.GetOrigin()),
+                                      "direction": list(img.GetDirection())}
+        img = _as_2d(img)
+    image = image_from_sitk(img, path.name, metadata=metadata)
+    return _finish(image, first)
+
+
+def _as_2d(img):
+    import SimpleITK as sitk
+
+    direction = np.array(img.GetDirection()).reshape(3, 3)
+    in_plane = direction[:2, :2]
+    axial = np.allclose(in_plane.T @ in_plane, np.eye(2), atol=1e-4)
+    flat = sitk.Extract(img, img.GetSize()[:2] + (0,), (0, 0, 0),
+                        sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX if axial
+                        else sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOIDENTITY)
+    if not axial:
+        flat.SetOrigin((0.0, 0.0))
+    return flat

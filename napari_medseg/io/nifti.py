@@ -1,0 +1,91 @@
+"""NIfTI checks SimpleITK skips: truncated data and orientation that differs from nibabel's."""
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ImageReadError
+from .image import Image
+
+_LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+def checked_nifti(path: Path):
+    """nibabel's lazily loaded image (header only), after checking the file holds all its voxels.
+
+    SimpleITK silently fills missing voxels of a truncated .nii/.nii.gz with zeros.
+    """
+    import nibabel as nib
+
+    try:
+        nii = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types for bad headers
+        raise ImageReadError(f"Cannot read NIfTI {path.name}: {exc}".splitlines()[0]) from None
+    header = nii.header
+    if int(header["sizeof_hdr"]) == 540:
+        raise ImageReadError(f"{path.name} is NIfTI-2, which SimpleITK cannot read; save it as NIfTI-1")
+    voxels = int(np.prod(header.get_data_shape()))
+    expected = int(header.get_data_offset()) + voxels * header.get_data_dtype().itemsize
+    found = _gzip_size(path, expected) if path.name.lower().endswith(".gz") else os.path.getsize(path)
+    if found < expected:
+        raise ImageReadError(f"NIfTI {path.name} is truncated: {found} of {expected} bytes present")
+    return nii
+
+
+def _gzip_size(path: Path, expected: int) -> int:
+    """Uncompressed size: the gzip trailer when it matches `expected`, else by decompressing."""
+    with open(path, "rb") as handle:
+        handle.seek(-4, os.SEEK_END)
+        if int.from_bytes(handle.read(4), "little") == expected % 2**32:
+            return expected
+    size = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(1 << 22):
+                size += len(chunk)
+    except (EOFError, OSError, zlib.error):
+        pass  # truncated or corrupt stream: `size` counts what could be decompressed
+    return size
+
+
+def match_nibabel(image: Image, nii) -> Image:
+    """Make a 3-D image's geometry agree with nibabel's affine (sform before qform).
+
+    ITK sometimes prefers the qform where nibabel, FSL and SPM use the sform; the label files we
+    write must line up in both worlds, so nibabel's choice wins unless it is sheared, which neither
+    SimpleITK nor a direction matrix can represent (then ITK's qform reading stays, with a warning).
+    """
+    if image.ndim != 3 or np.allclose(image.affine, nii.affine, atol=1e-4):
+        return image
+    matrix = _LPS_FROM_RAS @ nii.affine[:3, :3]
+    spacing = np.linalg.norm(matrix, axis=0)
+    direction = matrix / spacing
+    warnings = image.metadata.setdefault("warnings", [])
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+        warnings.append("the NIfTI sform is sheared; used the qform orientation instead")
+        return image
+    codes = f"sform_code={int(nii.header['sform_code'])}, qform_code={int(nii.header['qform_code'])}"
+    warnings.append(f"SimpleITK and nibabel disagree on this NIfTI's orientation ({codes}); used nibabel's")
+    return image.with_array(image.array, image.channel_axis, spacing=tuple(spacing),
+                            origin=tuple(_LPS_FROM_RAS @ nii.affine[:3, 3]), direction=direction)
+
+
+def restore_non_finite(image: Image, nii) -> None:
+    """ITK reads NaN and infinite NIfTI voxels as 0 (water, in CT); mark them NaN again.
+
+    Only float files can hold them; those are read a second time through nibabel to find them.
+    """
+    if nii.header.get_data_dtype().kind != "f":
+        return
+    bad = ~np.isfinite(np.asanyarray(nii.dataobj))
+    if not bad.any():
+        return
+    spatial = min(bad.ndim, 3)
+    bad = bad.reshape(bad.shape[:spatial] + tuple(size for size in bad.shape[spatial:] if size > 1))
+    bad = bad.transpose(tuple(reversed(range(spatial))) + tuple(range(spatial, bad.ndim)))
+    if bad.shape == image.array.shape:
+        image.array[bad] = np.nan

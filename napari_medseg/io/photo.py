@@ -1,0 +1,40 @@
+"""PNG, JPEG and BMP through Pillow: RGB photos (endoscopy, dermoscopy) and grayscale images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ImageReadError
+from .image import Image
+
+_GRAY_MODES = ("L", "I", "F", "I;16", "I;16B", "I;16L")
+
+
+def read_photo(path: Path, fmt: str) -> Image:
+    from PIL import Image as PILImage
+    from PIL import ImageOps, UnidentifiedImageError
+
+    try:
+        with PILImage.open(path) as pil:
+            mode = pil.mode
+            upright = ImageOps.exif_transpose(pil)  # phone/dermatoscope photos carry a rotation flag
+            if mode in ("1", "LA"):
+                upright = upright.convert("L")
+            elif mode not in _GRAY_MODES + ("RGB",):  # RGBA, palette, CMYK, YCbCr, ...
+                upright = upright.convert("RGB")
+            array = np.asarray(upright)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(f"Cannot read {fmt.upper()} {path.name}: {exc}".splitlines()[0]) from None
+    metadata = {"format": fmt, "pil_mode": mode, "original_dtype": str(array.dtype), "warnings": []}
+    if mode.endswith(("A", "a")) or mode == "P" and "transparency" in pil.info:
+        metadata["warnings"].append("transparency dropped")
+    rgb = array.ndim == 3
+    return Image(array, (1.0, 1.0), (0.0, 0.0), np.eye(2), modality="RGB" if rgb else "unknown",
+                 intensity="rgb" if rgb else "raw", channel_axis=-1 if rgb else None, metadata=metadata)
+
+
+def write_png_labels(labels: np.ndarray, path: Path) -> None:
+    from PIL import Image as PILImage
+
+    PILImage.fromarray(labels).save(path, format="PNG")

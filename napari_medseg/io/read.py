@@ -1,0 +1,128 @@
+"""`read_image(path)`: any supported file or DICOM folder -> `Image` with geometry and metadata.
+
+metadata keys: "format" (nifti, nrrd, metaimage, dicom, tiff, png, jpeg, bmp), "original_dtype",
+"warnings" (list of one-line strings, always present), "label_names" ({value: name}, when the
+header or our JSON sidecar has them) and per format: DICOM "series_uid", "series_key",
+"series_description", "series_number", "num_files", "slice_geometry" (single slices);
+TIFF "axes", "format_detail" (ome/imagej), "physical_size" ({axis: [value, unit]}), "channel_names";
+NIfTI/NRRD/MetaImage "fourth_axis" when a short 4th axis was read as channels.
+
+Decisions: non-finite voxels (NaN, inf) are replaced by the lowest finite value, with a warning
+(models and napari's contrast limits fail on NaN; an image that is all NaN is refused). A 4th axis
+of up to 4 volumes is read as channels, longer ones (time series) are refused. Sheared grids are
+refused, except a NIfTI whose sheared sform comes with a valid qform (read with the qform, warned).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ImageReadError
+from ._sitk import execute, image_from_sitk
+from .dicom import read_dicom_file, read_dicom_folder
+from .dicom_series import list_dicom_series
+from .formats import READ_FORMATS, has_dicom_preamble, suffix_of
+from .image import Image
+from .nifti import match_nibabel, checked_nifti, restore_non_finite
+from .photo import read_photo
+from .sidecar import names_from_header, read_sidecar
+from .tiff import read_tiff
+
+__all__ = ["list_dicom_series", "read_image"]
+
+_MODALITIES = {"CT", "MR", "PT", "NM", "US", "CR", "DX", "MG", "XA", "RF", "OT"}
+
+
+def read_image(path: str | Path, series: str | int | None = None, *, progress=None, cancel=None) -> Image:
+    """Read a NIfTI, NRRD, MetaImage, DICOM file or folder, TIFF, PNG, JPEG or BMP image.
+
+    `series` picks a DICOM series in a folder by key, SeriesInstanceUID or index in
+    `list_dicom_series(folder)`; by default the largest one is read.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ImageReadError(f"{path} does not exist")
+    if series is not None and not path.is_dir():
+        raise ImageReadError(f"series={series!r} only applies to DICOM folders, not to {path.name}")
+    try:
+        if path.is_dir():
+            image = read_dicom_folder(path, series, progress=progress, cancel=cancel)
+        else:
+            image = _read_file(path, progress, cancel)
+    except PermissionError:
+        raise ImageReadError(f"No permission to read {path}") from None
+    return _finish(image, path)
+
+
+def _read_file(path: Path, progress, cancel) -> Image:
+    fmt = READ_FORMATS.get(suffix_of(path))
+    if fmt is None and has_dicom_preamble(path):
+        fmt = "dicom"
+    if fmt is None:
+        raise ImageReadError(
+            f"Unsupported file type '{suffix_of(path) or path.name}': open NIfTI, NRRD, MetaImage (.mha/.mhd), "
+            "DICOM (file or folder), TIFF, PNG, JPEG or BMP"
+        )
+    if fmt == "dicom":
+        return read_dicom_file(path, progress=progress, cancel=cancel)
+    if fmt == "tiff":
+        return read_tiff(path)
+    if fmt in ("png", "jpeg", "bmp"):
+        return read_photo(path, fmt)
+    return _read_with_sitk(path, fmt, progress, cancel)
+
+
+def _read_with_sitk(path: Path, fmt: str, progress, cancel) -> Image:
+    import SimpleITK as sitk
+
+    nii = checked_nifti(path) if fmt == "nifti" else None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    img = execute(reader, path.name, progress, cancel)
+    fields = {key: img.GetMetaData(key) for key in img.GetMetaDataKeys()}
+    modality = _modality(fields)
+    metadata = {"format": fmt, "warnings": [], "label_names": names_from_header(fields)}
+    image = image_from_sitk(img, path.name, modality=modality, intensity="HU" if modality == "CT" else "raw",
+                            metadata=metadata)
+    if nii is None:
+        metadata["original_dtype"] = str(image.array.dtype)
+        return image
+    metadata["original_dtype"] = str(nii.header.get_data_dtype())
+    restore_non_finite(image, nii)
+    return match_nibabel(image, nii)
+
+
+def _modality(fields: dict[str, str]) -> str:
+    """Modality from a MetaImage 'Modality = MET_MOD_CT' field or a 'modality' header key."""
+    for key, value in fields.items():
+        if key.lower() == "modality":
+            value = value.strip().upper().removeprefix("MET_MOD_")
+            if value in _MODALITIES:
+                return value
+    return "unknown"
+
+
+def _finish(image: Image, path: Path) -> Image:
+    """Steps shared by all formats: non-finite voxels, sidecar label names and geometry, path."""
+    metadata = image.metadata
+    metadata.setdefault("warnings", [])
+    if image.array.dtype.kind == "f":
+        bad = ~np.isfinite(image.array)
+        if bad.all():
+            raise ImageReadError(f"{path.name} holds no finite values (all NaN or infinite)")
+        if bad.any():
+            lowest = image.array[~bad].min()
+            image.array = np.where(bad, lowest, image.array)
+            metadata["warnings"].append(f"{int(bad.sum())} NaN/infinite voxels replaced by {lowest:g}")
+    sidecar = read_sidecar(path) if path.is_file() else {}
+    if not metadata.get("label_names"):
+        metadata["label_names"] = sidecar.get("label_names", {})
+    geometry = sidecar.get("geometry")
+    if metadata["format"] in ("png", "tiff") and geometry and tuple(geometry["shape"]) == image.spatial_shape:
+        image.spacing, image.origin = tuple(geometry["spacing"]), tuple(geometry["origin"])
+        image.direction = np.reshape(geometry["direction"], (image.ndim, image.ndim))
+    if not metadata["label_names"]:
+        del metadata["label_names"]
+    image.path = path
+    return image

@@ -1,0 +1,79 @@
+"""Label names (and, for PNG/TIFF, geometry) kept next to label files or in their headers.
+
+- JSON sidecar `<name>.json`: {"format": "napari-medseg labels", "label_names": {"1": "liver"},
+  "geometry": Image.geometry()}; other JSON files (e.g. BIDS sidecars) are ignored.
+- NRRD/MetaImage header keys in 3D Slicer's segmentation style: Segment{i}_Name, _LabelValue, _ID, _Layer.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from .formats import sidecar_path
+
+SIDECAR_FORMAT = "napari-medseg labels"
+_SEGMENT_KEY = re.compile(r"^Segment(\d+)_(Name|LabelValue)$")
+
+
+def read_sidecar(path: Path) -> dict:
+    """Our sidecar's content for `path`, or {} when there is none (or it is someone else's)."""
+    try:
+        content = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(content, dict) or content.get("format") != SIDECAR_FORMAT:
+        return {}
+    content["label_names"] = {int(k): str(v) for k, v in content.get("label_names", {}).items()}
+    return content
+
+
+def write_sidecar(path: Path, label_names: dict[int, str] | None, geometry: dict | None) -> None:
+    """Write (atomically) or remove a stale sidecar of ours."""
+    target = sidecar_path(path)
+    if not label_names and geometry is None:
+        if read_sidecar(path):
+            target.unlink()
+        return
+    content = {"format": SIDECAR_FORMAT, "label_names": {str(k): v for k, v in (label_names or {}).items()}}
+    if geometry is not None:
+        content["geometry"] = geometry
+    atomic_write_text(target, json.dumps(content, indent=1))
+
+
+def atomic_write_text(target: Path, text: str) -> None:
+    handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def names_from_header(fields: dict[str, str]) -> dict[int, str]:
+    """Label names from Slicer-style Segment{i}_Name / Segment{i}_LabelValue header keys."""
+    names, values = {}, {}
+    for key, value in fields.items():
+        match = _SEGMENT_KEY.match(key)
+        if match:
+            (names if match[2] == "Name" else values)[int(match[1])] = value.strip()
+    found = {}
+    for index, name in names.items():
+        try:
+            found[int(values.get(index, index + 1))] = name
+        except ValueError:
+            continue
+    return found
+
+
+def names_to_header(label_names: dict[int, str]) -> dict[str, str]:
+    """Slicer segment keys for every non-zero label (0 is the background, not a segment)."""
+    fields = {}
+    for index, (value, name) in enumerate(sorted(item for item in label_names.items() if item[0] != 0)):
+        fields.update({f"Segment{index}_ID": f"Segment_{value}", f"Segment{index}_Name": name,
+                       f"Segment{index}_LabelValue": str(value), f"Segment{index}_Layer": "0"})
+    return fields

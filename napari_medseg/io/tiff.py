@@ -1,0 +1,134 @@
+"""TIFF, OME-TIFF and ImageJ TIFF: microscopy stacks and RGB photos, with physical pixel sizes."""
+from __future__ import annotations
+
+import logging
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ImageReadError
+from .image import Image
+
+# millimetres per unit, for OME and ImageJ unit names
+_MM_PER_UNIT = {"nm": 1e-6, "µm": 1e-3, "um": 1e-3, "micron": 1e-3, "microns": 1e-3, "\\u00b5m": 1e-3,
+                "mm": 1.0, "cm": 10.0, "m": 1000.0}
+_Z_AXES, _CHANNEL_AXES = "ZQI", "CS"  # Q: unknown and I: generic sequence axes, as tifffile names them
+
+
+class _TiffLog(logging.Handler):
+    """Collects tifffile's logged complaints; a broken page chain means a truncated file."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage().splitlines()[0])
+
+    def __enter__(self):
+        logging.getLogger("tifffile").addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger("tifffile").removeHandler(self)
+
+
+def read_tiff(path: Path) -> Image:
+    import tifffile
+
+    try:
+        with _TiffLog() as log, tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            array = series.asarray()
+            page = tif.pages[0]
+            sizes, metadata = _physical_sizes(tif, page)
+            photometric_rgb = page.photometric == tifffile.PHOTOMETRIC.RGB
+            alpha = len(page.extrasamples) > 0
+            axes = series.axes.upper()
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError, ElementTree.ParseError) as exc:
+        raise ImageReadError(f"Cannot read TIFF {path.name}: {exc}".splitlines()[0]) from None
+    if any("invalid page offset" in message for message in log.messages):
+        raise ImageReadError(f"TIFF {path.name} is truncated or corrupt (its page list is broken)")
+    metadata.update(format="tiff", original_dtype=str(array.dtype), axes=axes, warnings=log.messages)
+    array, axes = _to_zyxc(array, axes, path.name)
+    channel_axis = -1 if axes.endswith("C") else None
+    rgb = photometric_rgb and channel_axis is not None and array.shape[-1] in (3, 4)
+    if rgb and array.shape[-1] == 4 and alpha:
+        array = array[..., :3]
+        metadata["warnings"].append("alpha channel dropped")
+    spatial = axes.replace("C", "")
+    spacing = tuple(sizes.get(axis.lower(), 1.0) for axis in reversed(spatial))  # (x, y[, z])
+    return Image(array, spacing, (0.0,) * len(spatial), np.eye(len(spatial)),
+                 modality="RGB" if rgb and len(spatial) == 2 else "microscopy",
+                 intensity="rgb" if rgb else "raw", channel_axis=channel_axis, metadata=metadata)
+
+
+def _to_zyxc(array: np.ndarray, axes: str, name: str) -> tuple[np.ndarray, str]:
+    """Drop length-1 axes and order the rest as (Z,) Y, X (, C)."""
+    keep = [i for i, axis in enumerate(axes) if array.shape[i] > 1 or axis in "YX"]
+    array = array.reshape([array.shape[i] for i in keep])
+    axes = "".join(axes[i] for i in keep)
+    renamed = ""
+    for axis, size in zip(axes, array.shape):
+        if axis == "T":
+            raise ImageReadError(f"{name} is a time series ({size} time points); save one time point")
+        label = "Z" if axis in _Z_AXES else "C" if axis in _CHANNEL_AXES else axis
+        if label not in "ZYXC" or label in renamed:
+            raise ImageReadError(f"{name} has axes {axes} (sizes {array.shape}); only Z, Y, X and one "
+                                 "channel axis are read")
+        renamed += label
+    order = [renamed.index(axis) for axis in "ZYXC" if axis in renamed]
+    return array.transpose(order), "".join(renamed[i] for i in order)
+
+
+def _physical_sizes(tif, page) -> tuple[dict[str, float], dict]:
+    """Pixel sizes in mm from OME-XML or ImageJ metadata, and what the file said."""
+    if tif.is_ome:
+        return _ome_sizes(tif.ome_metadata)
+    if tif.is_imagej and "XResolution" in page.tags:
+        info = tif.imagej_metadata or {}
+        unit = str(info.get("unit", ""))
+        if unit.lower() in _MM_PER_UNIT:
+            reported = {axis: _units_per_pixel(page, axis) for axis in "xy"}
+            reported["z"] = float(info.get("spacing", 1.0))
+            sizes = {axis: value * _MM_PER_UNIT[unit.lower()] for axis, value in reported.items()}
+            return sizes, {"format_detail": "imagej",
+                           "physical_size": {axis: [value, unit] for axis, value in reported.items()}}
+    return {}, {}
+
+
+def _units_per_pixel(page, axis: str) -> float:
+    pixels, units = page.tags[f"{axis.upper()}Resolution"].value  # a rational: pixels per unit
+    return float(units) / float(pixels)
+
+
+def _ome_sizes(xml: str) -> tuple[dict[str, float], dict]:
+    pixels = next((e for e in ElementTree.fromstring(xml).iter() if e.tag.endswith("}Pixels")), None)
+    if pixels is None:
+        return {}, {"format_detail": "ome"}
+    sizes, reported = {}, {}
+    for axis in "xyz":
+        value = pixels.get(f"PhysicalSize{axis.upper()}")
+        unit = pixels.get(f"PhysicalSize{axis.upper()}Unit", "µm")
+        if value is not None and unit.lower() in _MM_PER_UNIT:
+            sizes[axis] = float(value) * _MM_PER_UNIT[unit.lower()]
+            reported[axis] = [float(value), unit]
+    channels = [c.get("Name", "") for c in pixels if c.tag.endswith("}Channel")]
+    return sizes, {"format_detail": "ome", "physical_size": reported, "channel_names": channels}
+
+
+def write_tiff_labels(labels: np.ndarray, like: Image, path: Path) -> None:
+    """ImageJ-readable calibrated TIFF (µm for microscopy, else mm) when the type allows it."""
+    import tifffile
+
+    if labels.dtype.itemsize > 2:  # ImageJ TIFFs hold 8/16-bit integers only
+        tifffile.imwrite(path, labels, compression="zlib")
+        return
+    unit = "um" if like.modality == "microscopy" else "mm"
+    spacing = [s / _MM_PER_UNIT[unit] for s in like.spacing]
+    metadata = {"axes": "ZYX" if labels.ndim == 3 else "YX", "unit": unit}
+    if labels.ndim == 3:
+        metadata["spacing"] = spacing[2]
+    tifffile.imwrite(path, labels, imagej=True, resolution=(1 / spacing[0], 1 / spacing[1]),
+                     metadata=metadata, compression="zlib")

@@ -1,0 +1,144 @@
+"""Synthetic images written into tmp folders: NIfTI via nibabel, DICOM series via pydicom."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+NIBABEL_DATA = Path(pytest.importorskip("nibabel").__file__).parent / "tests" / "data"
+PYDICOM_FILES = Path(pytest.importorskip("pydicom").__file__).parent / "data" / "test_files"  # bundled, no download
+PYDICOM_DIRS = PYDICOM_FILES / "dicomdirtests"
+
+
+def rotation(axis: str, degrees: float) -> np.ndarray:
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    i, j = {"x": (1, 2), "y": (2, 0), "z": (0, 1)}[axis]
+    r = np.eye(3)
+    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+    return r
+
+
+def ras_affine(matrix: np.ndarray, spacing, origin) -> np.ndarray:
+    affine = np.eye(4)
+    affine[:3, :3] = matrix @ np.diag(spacing)
+    affine[:3, 3] = origin
+    return affine
+
+
+# name -> RAS affine; voxel data are written in nibabel (x, y, z) order
+AFFINES = {
+    "aligned": ras_affine(np.eye(3), (0.8, 0.9, 2.5), (-100.0, 20.0, 35.0)),
+    "flipped": ras_affine(np.diag([-1.0, 1.0, -1.0]), (1.5, 0.7, 3.0), (90.0, -120.0, 60.0)),
+    "oblique": ras_affine(rotation("z", 25) @ rotation("x", -17), (0.6, 0.75, 1.2), (12.5, -40.0, 7.0)),
+    "permuted": ras_affine(np.array([[0.0, 0, -1], [1, 0, 0], [0, -1, 0]]), (1.0, 2.0, 3.0), (5.0, 6.0, 7.0)),
+}
+
+
+@pytest.fixture
+def make_nifti(tmp_path):
+    def make(name="image.nii.gz", affine=AFFINES["aligned"], data=None, qform=None, sform_code=1, qform_code=1):
+        import nibabel as nib
+
+        if data is None:
+            data = np.arange(7 * 6 * 5, dtype=np.int16).reshape(7, 6, 5)
+        nii = nib.Nifti1Image(data, affine)
+        nii.set_sform(affine, sform_code)
+        nii.set_qform(affine if qform is None else qform, qform_code)
+        path = tmp_path / name
+        nib.save(nii, path)
+        return path
+
+    return make
+
+
+def write_dicom_slice(path: Path, pixels: np.ndarray, *, position, orientation=(1, 0, 0, 0, 1, 0),
+                      pixel_spacing=(0.7, 0.6), series_uid="1.2.826.0.1.3680043.9.1.1", modality="CT",
+                      instance=1, slope=1.0, intercept=-1024.0, description="synthetic", number=1,
+                      with_pixels=True, signed=True, thickness=2.0):
+    """A minimal but complete Part-10 DICOM slice; pixel_spacing is (row spacing, column spacing)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    sop_class = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}[modality]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.9.1", series_uid
+    ds.PatientID, ds.Modality, ds.SeriesDescription = "anon", modality, description
+    ds.SeriesNumber, ds.InstanceNumber = number, instance
+    ds.ImagePositionPatient = [f"{v:.4f}" for v in position]
+    ds.ImageOrientationPatient = [f"{v:.6f}" for v in orientation]
+    ds.PixelSpacing = [f"{v:g}" for v in pixel_spacing]
+    ds.SliceThickness = thickness
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelRepresentation = int(signed)
+    if modality == "CT":
+        ds.RescaleSlope, ds.RescaleIntercept = f"{slope:g}", f"{intercept:g}"
+    if with_pixels:
+        ds.PixelData = pixels.astype(np.int16 if signed else np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_dicom_series(folder: Path, count=6, shape=(12, 10), *, spacing=2.0, origin=(-30.0, -20.0, 40.0),
+                       orientation=(1, 0, 0, 0, 1, 0), positions=None, names=None, values=None, **fields):
+    """Slices along the normal of `orientation`; slice k holds stored value 100 * k (+ a ramp).
+
+    Files are named so that name order is the reverse of spatial order.
+    """
+    row, col = np.array(orientation[:3], float), np.array(orientation[3:], float)
+    normal = np.cross(row, col)
+    if positions is None:
+        positions = [np.array(origin) + k * spacing * normal for k in range(count)]
+    ramp = np.arange(shape[0] * shape[1]).reshape(shape) % 7
+    paths = []
+    for k, position in enumerate(positions):
+        name = names[k] if names else f"IM{len(positions) - k:04d}"
+        value = 100 * k if values is None else values[k]
+        paths.append(write_dicom_slice(folder / name, ramp + value, position=position, orientation=orientation,
+                                       instance=k + 1, **fields))
+    return paths
+
+
+@pytest.fixture
+def dicom_series(tmp_path):
+    """Factory: `write_dicom_series` into `folder` (default tmp_path/series); returns the folder."""
+    def make(folder=None, **kwargs):
+        folder = folder or tmp_path / "series"
+        write_dicom_series(folder, **kwargs)
+        return folder
+
+    return make
+
+
+@pytest.fixture
+def dicom_slice():
+    return write_dicom_slice
+
+
+@pytest.fixture
+def affines():
+    return AFFINES
+
+
+@pytest.fixture
+def nibabel_data():
+    return NIBABEL_DATA
+
+
+@pytest.fixture
+def pydicom_dirs():
+    return PYDICOM_DIRS
+
+
+@pytest.fixture
+def pydicom_files():
+    return PYDICOM_FILES

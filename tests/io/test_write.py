@@ -1,0 +1,151 @@
+import json
+
+import numpy as np
+import pytest
+
+from napari_medseg.errors import ImageWriteError
+from napari_medseg.io import Image, read_image, write_labels
+
+NAMES = {1: "liver", 2: "spleen", 300: "tumour"}
+VOLUME_FORMATS = [".nii.gz", ".nii", ".nrrd", ".mha", ".tif"]
+
+
+def labels_for(image: Image, top: int = 2) -> np.ndarray:
+    return (np.arange(np.prod(image.spatial_shape)).reshape(image.spatial_shape) % (top + 1)).astype(np.int64)
+
+
+def assert_same_geometry(image: Image, other: Image):
+    np.testing.assert_allclose(other.spacing, image.spacing, rtol=1e-5)
+    np.testing.assert_allclose(other.origin, image.origin, atol=1e-4)
+    np.testing.assert_allclose(other.direction, image.direction, atol=1e-5)
+    np.testing.assert_allclose(other.affine, image.affine, atol=1e-4)
+
+
+@pytest.mark.parametrize("suffix", VOLUME_FORMATS)
+@pytest.mark.parametrize("name", ["aligned", "flipped", "oblique", "permuted"])
+def test_volume_round_trip(make_nifti, affines, tmp_path, name, suffix):
+    import SimpleITK as sitk
+
+    image = read_image(make_nifti(affine=affines[name]))
+    labels = labels_for(image)
+    out = write_labels(labels, image, tmp_path / f"seg{suffix}", label_names={1: "liver", 2: "spleen"})
+    assert out == tmp_path / f"seg{suffix}"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+    back = read_image(out)
+    np.testing.assert_array_equal(back.array, labels)
+    assert back.array.dtype == np.uint8
+    assert back.metadata["label_names"] == {1: "liver", 2: "spleen"}
+    assert_same_geometry(image, back)
+    if suffix != ".tif":  # SimpleITK keeps no geometry in TIFF files; our sidecar does
+        reread = sitk.ReadImage(str(out))
+        np.testing.assert_allclose(reread.GetOrigin(), image.origin, atol=1e-4)
+        np.testing.assert_allclose(reread.GetDirection(), image.direction.ravel(), atol=1e-5)
+        np.testing.assert_allclose(reread.GetSpacing(), image.spacing, rtol=1e-5)
+    if suffix.startswith(".nii"):
+        import nibabel as nib
+
+        np.testing.assert_allclose(nib.load(out).affine, image.affine, atol=1e-4)
+
+
+def test_nrrd_and_mha_keep_names_in_slicer_header_keys(tmp_path, make_nifti):
+    import SimpleITK as sitk
+
+    image = read_image(make_nifti())
+    for suffix in (".nrrd", ".mha"):
+        out = write_labels(labels_for(image), image, tmp_path / f"seg{suffix}", {0: "background", **NAMES})
+        header = sitk.ReadImage(str(out))
+        assert header.GetMetaData("Segment2_Name") == "tumour" and header.GetMetaData("Segment2_LabelValue") == "300"
+        assert read_image(out).metadata["label_names"] == NAMES
+    assert not (tmp_path / "seg.json").exists()
+
+
+def test_nifti_sidecar_json(tmp_path, make_nifti):
+    image = read_image(make_nifti())
+    out = write_labels(labels_for(image), image, tmp_path / "case.seg.nii.gz", NAMES)
+    sidecar = json.loads((tmp_path / "case.seg.json").read_text())
+    assert sidecar["label_names"] == {"1": "liver", "2": "spleen", "300": "tumour"}
+    assert read_image(out).metadata["label_names"] == NAMES
+    write_labels(labels_for(image), image, out)  # rewritten without names: the stale sidecar goes
+    assert not (tmp_path / "case.seg.json").exists() and "label_names" not in read_image(out).metadata
+
+
+def test_foreign_json_next_to_nifti_is_ignored(tmp_path, make_nifti):
+    path = make_nifti("sub-01_T1w.nii.gz")
+    (tmp_path / "sub-01_T1w.json").write_text(json.dumps({"RepetitionTime": 2.0, "label_names": {"1": "x"}}))
+    assert "label_names" not in read_image(path).metadata
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".png", ".tif", ".nrrd", ".mha"])
+def test_2d_references_write_2d_files(tmp_path, suffix):
+    import SimpleITK as sitk
+
+    photo = Image(np.zeros((20, 30, 3), np.uint8), (0.3, 0.4), (5.0, -2.0), np.eye(2), modality="RGB",
+                  intensity="rgb", channel_axis=-1)
+    labels = labels_for(photo, top=4)
+    out = write_labels(labels, photo, tmp_path / f"mask{suffix}", {4: "polyp"})
+    back = read_image(out)
+    assert back.array.shape == (20, 30) and back.ndim == 2 and back.channel_axis is None
+    np.testing.assert_array_equal(back.array, labels)
+    assert_same_geometry(photo, back)
+    assert back.metadata["label_names"] == {4: "polyp"}
+    assert sitk.ReadImage(str(out)).GetDimension() == 2
+    if suffix == ".nii.gz":
+        import nibabel as nib
+
+        np.testing.assert_allclose(nib.load(out).affine, photo.affine, atol=1e-5)
+
+
+def test_dicom_slice_labels_round_trip(tmp_path, pydicom_files):
+    slice_ = read_image(pydicom_files / "CT_small.dcm")
+    out = write_labels(labels_for(slice_), slice_, tmp_path / "slice.nii.gz")
+    assert_same_geometry(slice_, read_image(out))
+
+
+def test_dtype_follows_largest_label(tmp_path, make_nifti):
+    image = read_image(make_nifti())
+    for top, dtype in [(1, np.uint8), (255, np.uint8), (256, np.uint16), (70000, np.uint32)]:
+        labels = np.zeros(image.spatial_shape, np.int64)
+        labels[0, 0, 0] = top
+        assert read_image(write_labels(labels, image, tmp_path / "x.nrrd")).array.dtype == dtype
+    bool_labels = np.zeros(image.spatial_shape, bool)
+    assert read_image(write_labels(bool_labels, image, tmp_path / "b.nii.gz")).array.dtype == np.uint8
+    floats = labels_for(image).astype(np.float32)
+    np.testing.assert_array_equal(read_image(write_labels(floats, image, tmp_path / "f.mha")).array, floats)
+
+
+def test_invalid_labels_and_targets(tmp_path, make_nifti):
+    image = read_image(make_nifti())
+    good = labels_for(image)
+    cases = [
+        (good[:-1], "seg.nii.gz", "do not match"),
+        (good - 1, "seg.nii.gz", "negative"),
+        (good + 0.5, "seg.nii.gz", "whole numbers"),
+        (good.astype(np.uint64) + 2**33, "seg.nii.gz", "too large"),
+        (good, "seg.png", "3-D"),
+        (good, "seg.jpg", "Cannot write labels as '.jpg'"),
+        (good, "missing/seg.nii.gz", "does not exist"),
+    ]
+    for labels, name, message in cases:
+        with pytest.raises(ImageWriteError, match=message):
+            write_labels(labels, image, tmp_path / name)
+    flat = Image(np.zeros((4, 5)), (1, 1), (0, 0), np.eye(2))
+    with pytest.raises(ImageWriteError, match="above 65535"):
+        write_labels(np.full((4, 5), 70000), flat, tmp_path / "big.png")
+    assert list(tmp_path.iterdir()) == [tmp_path / "image.nii.gz"]
+
+
+def test_failed_write_keeps_previous_file(tmp_path, make_nifti, monkeypatch):
+    image = read_image(make_nifti())
+    out = write_labels(labels_for(image), image, tmp_path / "seg.nrrd")
+    before = out.read_bytes()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("ITK ERROR: disk full")
+
+    import SimpleITK as sitk
+
+    monkeypatch.setattr(sitk, "WriteImage", broken)
+    with pytest.raises(ImageWriteError, match="disk full"):
+        write_labels(labels_for(image, top=5), image, out)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.nii.gz", "seg.nrrd"]
