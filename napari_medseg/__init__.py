@@ -16,7 +16,7 @@ __all__ = ["__version__", "segment", "read_image", "write_labels", "load_checkpo
 
 def __getattr__(name: str):
     if name == "segment":
-        from .segment import segment
+        from .segmentation import segment
 
         return segment
     if name in ("read_image", "write_labels"):
