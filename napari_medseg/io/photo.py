@@ -21,6 +21,8 @@ def read_photo(path: Path, fmt: str) -> Image:
             upright = ImageOps.exif_transpose(pil)  # phone/dermatoscope photos carry a rotation flag
             if mode in ("1", "LA"):
                 upright = upright.convert("L")
+            elif mode == "P" and _is_label_palette(upright):
+                pass  # a VOC-style label mask: the palette indices are the labels
             elif mode not in _GRAY_MODES + ("RGB",):  # RGBA, palette, CMYK, YCbCr, ...
                 upright = upright.convert("RGB")
             array = np.asarray(upright)
@@ -32,6 +34,12 @@ def read_photo(path: Path, fmt: str) -> Image:
     rgb = array.ndim == 3
     return Image(array, (1.0, 1.0), (0.0, 0.0), np.eye(2), modality="RGB" if rgb else "unknown",
                  intensity="rgb" if rgb else "raw", channel_axis=-1 if rgb else None, metadata=metadata)
+
+
+def _is_label_palette(pil, max_labels: int = 64) -> bool:
+    """Palette PNGs that use few indices are label masks (VOC style); others are photos."""
+    colors = pil.getcolors(maxcolors=max_labels)
+    return colors is not None
 
 
 def write_png_labels(labels: np.ndarray, path: Path) -> None:

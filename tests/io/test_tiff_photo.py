@@ -123,3 +123,16 @@ def test_png_labels_16bit(tmp_path):
     out = write_labels(labels, photo, tmp_path / "mask.png")
     assert PIL_Image.open(out).mode.startswith("I;16")
     np.testing.assert_array_equal(read_image(out).array, labels)
+
+
+def test_palette_png_label_mask_keeps_indices(tmp_path):
+    from PIL import Image as PILImage
+
+    labels = np.zeros((20, 30), np.uint8)
+    labels[5:10, 5:12] = 3
+    mask = PILImage.fromarray(labels, mode="P")
+    mask.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [0] * 756)
+    mask.save(tmp_path / "voc_mask.png")
+    image = read_image(tmp_path / "voc_mask.png")
+    assert image.channel_axis is None
+    np.testing.assert_array_equal(image.array, labels)
