@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "models": ("napari_medseg.cli_commands.models", "list, install and verify model weights"),
     "segment": ("napari_medseg.cli_commands.segment", "segment an image and write labels in its geometry"),
     "evaluate": ("napari_medseg.evaluation.cli", "compare predicted and reference label maps"),
+    "train": ("napari_medseg.cli_commands.train", "fine-tune or train a model on labelled images"),
 }
 
 

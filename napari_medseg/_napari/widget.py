@@ -109,9 +109,11 @@ class SegmentWidget(QWidget):
             buttons.addWidget(button)
         out_form.addRow(buttons)
 
+        self.finetune_button = QPushButton("Fine-tune on my labels...")
+        self.finetune_button.setToolTip("Train the selected model on the labels you corrected")
         self.runner = TaskRunner(self._notify)
         layout = QVBoxLayout(self)
-        for part in (setup, prompts, output, self.runner):
+        for part in (setup, prompts, output, self.finetune_button, self.runner):
             layout.addWidget(part)
         layout.addStretch(1)
 
@@ -127,6 +129,7 @@ class SegmentWidget(QWidget):
         self.accept_button.clicked.connect(self.accept)
         self.undo_button.clicked.connect(self.undo)
         self.clear_button.clicked.connect(self.clear_prompts)
+        self.finetune_button.clicked.connect(self.open_finetune)
 
     # ---- helpers ----------------------------------------------------------------------------
     def _notify(self, level: str, message: str) -> None:
@@ -441,6 +444,13 @@ class SegmentWidget(QWidget):
                 layer = self.viewer.layers[name]
                 layer.data = []
         self._box_count = 0
+
+    def open_finetune(self):
+        """Dock the Fine-tune widget (once) with this widget's model selected."""
+        _, widget = self.viewer.window.add_plugin_dock_widget("napari-medseg", "Fine-tune on my labels")
+        if hasattr(widget, "select_model"):
+            widget.select_model(self.card.id)
+        return widget
 
     def install_weights(self) -> None:
         from ..models.weights import install_from_file
