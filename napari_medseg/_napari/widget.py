@@ -410,7 +410,11 @@ class SegmentWidget(QWidget):
         import pandas as pd
         from napari.layers import Labels
 
-        name = f"{image_layer.name} {self.card.id}"
+        from ..models.registry import class_table
+        from .legend import LabelLegend
+
+        card = self.card
+        name = f"{image_layer.name} {card.id}"
         if name in self.viewer.layers:
             layer = self.viewer.layers[name]
         else:
@@ -419,8 +423,12 @@ class SegmentWidget(QWidget):
         region = (slice(None),) * layer.data.ndim if index is None else (index,)
         self._edits.append(Edit(layer, region, np.array(layer.data[region], copy=True)))
         layer.data[region] = labels_array
-        values = sorted(classes) if classes else sorted(np.unique(labels_array).tolist())
-        layer.features = pd.DataFrame({"index": values, "name": [classes.get(v, str(v)) for v in values]})
+        classes = classes or {int(v): str(v) for v in np.unique(labels_array)}
+        values = sorted(classes)
+        layer.features = pd.DataFrame({"index": values, "name": [classes[v] for v in values]})
+        table = class_table(card.classes) if isinstance(card.classes, str) and card.classes != "from checkpoint" else {}
+        self.legend = LabelLegend(layer, classes, table.get("colors"), table.get("groups"))
+        self.viewer.window.add_dock_widget(self.legend, name=f"Legend: {layer.name}", area="left")
         layer.refresh()
         found = [classes.get(int(v), str(v)) for v in np.unique(labels_array) if v]
         self._notify("info", f"Found {len(found)} classes: {', '.join(found[:8])}{'...' if len(found) > 8 else ''}")

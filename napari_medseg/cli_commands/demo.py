@@ -90,5 +90,7 @@ def _segment_box(viewer, widget, box: list[float]) -> None:
     x0, y0, x1, y1 = box
     widget.draw_box()
     shapes = viewer.layers["medseg boxes"]
-    shapes.add_rectangles(np.array([[y0, x0], [y1, x1]]))
+    lead = [] if shapes.ndim == 2 else [viewer.layers[0].world_to_data(viewer.dims.point)[0]]
+    corners = [(*lead, y0, x0), (*lead, y0, x1), (*lead, y1, x1), (*lead, y1, x0)]
+    shapes.add_rectangles(np.array(corners, dtype=float))
     widget.runner.wait(120000)

@@ -17,10 +17,14 @@ def viewer_widget(make_napari_viewer):
     return viewer, widget
 
 
-def draw(viewer, widget, rows_cols_0, rows_cols_1):
+def draw(viewer, widget, start, end):
+    """A rectangle from corner ``start`` to ``end`` ((row, col) or (slice, row, col)), as a user drags it."""
     widget.draw_box()
     shapes = viewer.layers["medseg boxes"]
-    shapes.add_rectangles(np.array([rows_cols_0, rows_cols_1], dtype=float))
+    *lead, r0, c0 = start
+    *_, r1, c1 = end
+    corners = [(*lead, r0, c0), (*lead, r0, c1), (*lead, r1, c1), (*lead, r1, c0)]
+    shapes.add_rectangles(np.array(corners, dtype=float))
     widget.runner.wait(180000)
 
 
@@ -56,16 +60,52 @@ def test_prompts_without_image_warn(viewer_widget, monkeypatch):
 def test_box_on_volume_slice_and_propagate(viewer_widget):
     viewer, widget = viewer_widget
     mr = read_image(sample_path("brain_mr"))
-    small = mr.with_array(mr.array[60:120:2, ::2, ::2].copy())
+    small = mr.with_array(mr.array[78:102:2, ::2, ::2].copy())  # 12 axial slices
     small.spacing = tuple(s * 2 for s in mr.spacing)
     data, kwargs, _ = image_layer_data(small, name="brain")
     viewer.add_image(data, **kwargs)
-    viewer.dims.set_point(0, viewer.layers["brain"].data_to_world((15, 0, 0))[0])
+    viewer.dims.set_point(0, viewer.layers["brain"].data_to_world((6, 0, 0))[0])
     # the lateral ventricles on an axial slice: dark, well-delimited
-    draw(viewer, widget, (15, 38, 35), (15, 62, 62))
+    draw(viewer, widget, (6, 38, 35), (6, 62, 62))
     labels = viewer.layers["brain labels"]
-    assert labels.data[15].any() and not labels.data[14].any()
+    assert labels.data[6].any() and not labels.data[5].any()
     widget.propagate()
     widget.runner.wait(300000)
     slices = np.nonzero(labels.data.reshape(len(labels.data), -1).any(1))[0]
-    assert len(slices) >= 3 and 15 in slices
+    assert len(slices) >= 3 and 6 in slices
+
+
+def test_automatic_3d_shows_named_classes_and_legend(viewer_widget, tmp_path):
+    """Swin SMT (small random-weight configuration on CPU) through the widget's automatic mode."""
+    import torch
+
+    from napari_medseg.models import weights
+    from napari_medseg.models.registry import class_table, get_card
+    from napari_medseg.models.swin_smt import SwinSMT, save_swin_smt_checkpoint
+
+    torch.manual_seed(0)
+    names = class_table("totalsegmentator_v2")["names"]
+    network = SwinSMT(in_channels=1, out_channels=len(names), feature_size=12, num_experts=2)
+    path = tmp_path / "swin_smt.pth"
+    save_swin_smt_checkpoint(network, path, classes=names, spacing=(4.0, 4.0, 4.0), roi_size=(64, 64, 64))
+    weights.install_from_file(get_card("swin-smt"), path)
+
+    viewer, widget = viewer_widget
+    mr = read_image(sample_path("brain_mr"))
+    small = mr.with_array(mr.array[::2, ::2, ::2].copy())
+    small.spacing = tuple(s * 2 for s in mr.spacing)
+    data, kwargs, _ = image_layer_data(small, name="volume")
+    viewer.add_image(data, **kwargs)
+    widget.model_combo.setCurrentIndex(widget.model_combo.findData("swin-smt"))
+    assert widget.automatic_button.isVisible() or not widget.isVisible()
+    widget.run_automatic()
+    widget.runner.wait(300000)
+    layer = viewer.layers["volume swin-smt"]
+    assert layer.data.shape == data.shape and layer.data.any()
+    assert list(layer.features["name"][:3]) == [names[0], names[1], names[2]]
+    legend = widget.legend
+    found = sorted(int(v) for v in np.unique(layer.data) if v)
+    legend.set_visible(found[:1])
+    assert legend.visible_labels() == found[:1]
+    hidden = found[1] if len(found) > 1 else 117
+    assert layer.colormap.map(hidden)[..., 3] == 0 and layer.colormap.map(found[0])[..., 3] == 1
