@@ -41,6 +41,7 @@ def segment(
     label: int = 1,
     propagate: bool = False,
     window: tuple[float, float] | None = None,
+    structures: Sequence[int | str] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> np.ndarray:
@@ -49,6 +50,7 @@ def segment(
     Box prompts are ``(x0, y0, x1, y1)`` in pixels of the slice, plus ``z`` (the slice index along
     the first axis) for volumes; points are ``(x, y[, z])`` with ``point_labels`` 1 (object) or 0
     (background). The result has ``image``'s spatial shape; prompted objects get value ``label``.
+    ``structures`` keeps only those classes (names or label values) of automatic 3D models.
     """
     from .models.load import load_model
     from .models.loaded import LoadedModel
@@ -66,7 +68,7 @@ def segment(
     if loaded.task == "auto3d":
         from .inference.auto3d import predict_auto3d
 
-        return predict_auto3d(loaded, img, progress=progress, cancel=cancel)
+        return predict_auto3d(loaded, img, structures=structures, progress=progress, cancel=cancel)
     if loaded.task == "text2d":
         from .inference.text2d import predict_text2d
 

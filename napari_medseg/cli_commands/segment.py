@@ -28,6 +28,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--negative-point", action="append", default=[], help="x,y[,z] background point")
     parser.add_argument("--propagate", action="store_true", help="extend a box mask through neighbouring slices")
     parser.add_argument("--report", help="lesion report for text-guided models")
+    parser.add_argument("--structures", help="comma-separated class names or values to keep (automatic 3D models)")
     parser.add_argument("--format", choices=LABEL_FORMATS, help="output format (default: the input's, nii.gz for DICOM)")
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     parser.add_argument("--manifest", help="run manifest JSON (default: OUTPUT_FOLDER/medseg_run.json)")
@@ -43,6 +44,8 @@ def _prompt_kwargs(args) -> dict:
         "point_labels": ([1] * len(args.point) + [0] * len(args.negative_point)) or None,
         "report": args.report,
         "propagate": args.propagate,
+        "structures": [int(s) if s.strip().isdigit() else s.strip() for s in args.structures.split(",")]
+        if args.structures else None,
     }
 
 
