@@ -74,6 +74,9 @@ class SegmentWidget(QWidget):
         self.auto_check.setChecked(True)
         self.segment_button = QPushButton("Segment")
         self.propagate_button = QPushButton("Propagate through slices")
+        from .report_box import ReportBox
+
+        self.report_box = ReportBox()
         self.automatic_button = QPushButton("Run automatic segmentation")
         self.scope_combo = QComboBox()
         self.scope_combo.addItems(["whole image", "current slice"])
@@ -83,6 +86,7 @@ class SegmentWidget(QWidget):
         for button in (self.box_button, self.pos_button, self.neg_button):
             row.addWidget(button)
         grid.addLayout(row)
+        grid.addWidget(self.report_box)
         grid.addWidget(self.auto_check)
         grid.addWidget(self.segment_button)
         grid.addWidget(self.propagate_button)
@@ -171,11 +175,13 @@ class SegmentWidget(QWidget):
         status = weight_status(card)
         self.model_status.setText(f"Weights: {status.state}" + (f" — {status.detail}" if status.detail else ""))
         self.model_status.setToolTip(card.description)
-        prompt_model = card.task == "box2d"
-        for widget in (self.box_button, self.auto_check, self.segment_button, self.propagate_button):
+        prompt_model = card.task in ("box2d", "text2d")
+        for widget in (self.box_button, self.auto_check, self.segment_button):
             widget.setVisible(prompt_model)
+        self.propagate_button.setVisible(card.task == "box2d")
+        self.report_box.setVisible(card.task == "text2d")
         for widget in (self.pos_button, self.neg_button):
-            widget.setVisible(prompt_model and card.family != "lite_medsam")
+            widget.setVisible(card.task == "box2d" and card.family != "lite_medsam")
         self.automatic_button.setVisible(card.task in ("auto2d", "auto3d"))
         self.scope_combo.setVisible(card.task == "auto2d")
 
@@ -297,6 +303,10 @@ class SegmentWidget(QWidget):
         image = self._image(image_layer)
         limits = tuple(image_layer.contrast_limits)
         card, device = self.card, self.device_combo.currentText()
+        prompt = {"model": card.id, "axis": axis, "slice": index, "box": box, "points": points,
+                  "point_labels": point_labels}
+        if card.task == "text2d":
+            return self._segment_report(image_layer, image, axis, index, box, prompt)
 
         def job(progress, cancel):
             from ..inference.planes import take_plane
@@ -311,7 +321,28 @@ class SegmentWidget(QWidget):
             )
             return plane.mask_to_plane(mask)
 
-        self.runner.run(job, lambda mask: self._write_mask(image_layer, image, axis, index, mask), "Segmenting")
+        self.runner.run(job, lambda mask: self._write_mask(image_layer, image, axis, index, mask, prompt), "Segmenting")
+
+    def _segment_report(self, image_layer, image, axis, index, box, prompt) -> None:
+        """Text-guided models: the box places the 256x256 lesion crop, the report steers the decoder."""
+        if axis not in (None, 0):
+            return self._notify("warning", "Text-guided models work on axial slices; show the first axis' slices")
+        if box is None:
+            return self._notify("warning", "Draw a box (or a small box as a click) on the lesion first")
+        report = self.report_box.text()
+        prompt["report"] = report
+        card, device = self.card, self.device_combo.currentText()
+
+        def job(progress, cancel):
+            from ..models.load import load_model
+            from ..segmentation import segment
+
+            labels = segment(image, load_model(card.id, device=device), box=(*box, index) if axis == 0 else box,
+                             report=report)
+            return labels[index] > 0 if axis == 0 else labels > 0
+
+        self.runner.run(job, lambda mask: self._write_mask(image_layer, image, axis, index, mask, prompt),
+                        "Reading the report and segmenting")
 
     def _predictor(self, card, device):
         from ..inference.box2d import BoxPredictor
@@ -323,7 +354,7 @@ class SegmentWidget(QWidget):
             self._predictors = {key: BoxPredictor(loaded, device=loaded.info.get("device"))}
         return self._predictors[key]
 
-    def _write_mask(self, image_layer, image, axis, index, mask) -> None:
+    def _write_mask(self, image_layer, image, axis, index, mask, prompt=None) -> None:
         if not mask.any():
             return self._notify("info", "The model found no object in this box; try a tighter box or another model.")
         labels = self.labels_layer(image_layer, image)
@@ -336,6 +367,11 @@ class SegmentWidget(QWidget):
         labels.data[region][mask] = value
         labels.refresh()
         labels.selected_label = value
+        if prompt is not None:  # kept with the labels: the annotation store and training read them
+            import time
+
+            record = {**prompt, "label": value, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            labels.metadata.setdefault(META_KEY, {}).setdefault("prompts", []).append(record)
 
     def _next_value(self, labels) -> int:
         if self.new_object_check.isChecked():

@@ -39,6 +39,8 @@ def test_box_on_ct_gives_a_mask_and_undo_removes_it(viewer_widget):
     rows, cols = np.nonzero(mask)
     assert rows.min() >= 18 and rows.max() <= 72 and cols.min() >= 38 and cols.max() <= 92
     np.testing.assert_allclose(labels.scale, viewer.layers[0].scale)
+    (prompt,) = labels.metadata["medseg"]["prompts"]
+    assert prompt["model"] == "lite-medsam" and prompt["label"] == 1 and prompt["box"][0] == pytest.approx(40.5)
     draw(viewer, widget, (80, 5), (120, 40))  # a second object gets the next label
     assert set(np.unique(labels.data)) == {0, 1, 2}
     widget.undo()
