@@ -6,4 +6,5 @@ Entry points: `pipeline.fine_tune` (what ``medseg train`` and ``python -m napari
 """
 
 # families whose models can be fine-tuned (see families.make_adapter)
-TRAINABLE_FAMILIES = ("lite_medsam", "sam", "medsam", "lvm_med_vit", "swin_umamba", "swin_umamba_d", "vm_unet", "swin_smt")
+TRAINABLE_FAMILIES = ("lite_medsam", "sam", "medsam", "lvm_med_vit", "swin_umamba", "swin_umamba_d", "vm_unet", "lvm_med_unet",
+                      "llm_swin_umamba", "swin_smt")

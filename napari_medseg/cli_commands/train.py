@@ -17,6 +17,8 @@ def add_arguments(parser) -> None:
     model.add_argument("--init", metavar="FILE", help="start from this weights file instead of the registry's")
     model.add_argument("--scratch", action="store_true", help="start from a new network (automatic models)")
     model.add_argument("--train-encoder", action="store_true", help="prompt models: fine-tune the image encoder too")
+    model.add_argument("--arch", action="append", default=[], metavar="KEY=VALUE",
+                       help="new networks: e.g. patch_size=256,224 feature_size=24 roi_size=96,96,96 spacing=1.5,1.5,1.5")
     model.add_argument("--name", metavar="NEW_ID", help="id of the registered result (default: <model>-ft-<date>)")
     model.add_argument("--no-register", action="store_true", help="only write the weights file into --out")
     budget = parser.add_argument_group("budget (whichever ends first; default 10 epochs)")
@@ -39,6 +41,28 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-resume", action="store_true", help="start over even if --out holds an interrupted run")
 
 
+def _architecture(items: list[str]) -> dict:
+    """``KEY=VALUE`` pairs; numbers stay numbers, comma-separated values become lists."""
+    from napari_medseg.errors import MedsegError
+
+    def number(text: str):
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                return float(text)
+            except ValueError:
+                return text
+
+    architecture = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MedsegError(f"--arch takes KEY=VALUE, got {item!r}")
+        architecture[key] = [number(v) for v in value.split(",")] if "," in value else number(value)
+    return architecture
+
+
 def config_from_args(args):
     from napari_medseg.training.families import TrainOptions
     from napari_medseg.training.trainer import TrainConfig
@@ -49,7 +73,7 @@ def config_from_args(args):
         warmup=args.warmup, schedule=args.schedule, seed=args.seed, amp=not args.no_amp,
         patience=args.patience or None, workers=args.workers,
     )
-    return config, TrainOptions(train_encoder=args.train_encoder)
+    return config, TrainOptions(train_encoder=args.train_encoder, architecture=_architecture(args.arch))
 
 
 def run(args, cancel=None) -> int:

@@ -21,6 +21,8 @@ def load_model(model: str = "lite-medsam", weights: str | Path | None = None, de
     """The model ``model`` (a registry id) with its installed weights or ``weights``, on ``device``."""
     card = get_card(model)
     path = Path(weights).expanduser() if weights else weights_path(card)
+    if card.decoder_from and "decoder" not in options:
+        options["decoder"] = str(weights_path(get_card(card.decoder_from)))
     dev = resolve_device(device)
     key = (card.id, str(path.resolve()), path.stat().st_mtime if path.exists() else 0, str(dev),
            tuple(sorted(options.items())))

@@ -47,6 +47,7 @@ class ModelCard:
     weights: list[WeightFile] = field(default_factory=list)
     citation: str = ""
     provenance: dict = field(default_factory=dict)  # for user-trained models: base model, data, metrics
+    decoder_from: str | None = None  # another model whose weights supply the prompt encoder and mask decoder
     source: Path | None = None
 
     @property

@@ -136,3 +136,11 @@ def test_unknown_layout_and_wrong_family(tmp_path):
     lite = wm.weights_path(get_card("lite-medsam"))
     with pytest.raises(CheckpointError, match="not a 'vm_unet' checkpoint"):
         load_checkpoint(lite, family="vm_unet")
+
+
+def test_lvm_med_vit_takes_its_decoder_from_sam(tmp_path):
+    from napari_medseg.models.load import load_model
+
+    with pytest.raises(WeightsNotInstalled, match="LVM-Med"):
+        load_model("lvm-med-vit", device="cpu")
+    assert get_card("lvm-med-vit").decoder_from == "sam-vit-b"
