@@ -99,7 +99,7 @@ def output_path(case: Case, out_dir: Path, fmt: str | None) -> Path:
 
 
 def run_cases(cases: list[Case], out_dir: Path, model: str, *, weights=None, device=None, fmt=None,
-              overwrite=False, segment_kwargs: dict | None = None, on_case=None,
+              overwrite=False, segment_kwargs: dict | None = None, on_case=None, load_options: dict | None = None,
               progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> list[CaseResult]:
     """Segment every case in turn; ``on_case(result)`` is called after each one."""
     import numpy as np
@@ -108,7 +108,7 @@ def run_cases(cases: list[Case], out_dir: Path, model: str, *, weights=None, dev
     from .models.load import load_model
     from .segmentation import segment
 
-    loaded = load_model(model, weights=weights, device=device)
+    loaded = load_model(model, weights=weights, device=device, **(load_options or {}))
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for case in cases:

@@ -28,6 +28,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--negative-point", action="append", default=[], help="x,y[,z] background point")
     parser.add_argument("--propagate", action="store_true", help="extend a box mask through neighbouring slices")
     parser.add_argument("--report", help="lesion report for text-guided models")
+    parser.add_argument("--tokenizer", help="folder with the text model's tokenizer files (text-guided models)")
     parser.add_argument("--structures", help="comma-separated class names or values to keep (automatic 3D models)")
     parser.add_argument("--format", choices=LABEL_FORMATS, help="output format (default: the input's, nii.gz for DICOM)")
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
@@ -47,6 +48,10 @@ def _prompt_kwargs(args) -> dict:
         "structures": [int(s) if s.strip().isdigit() else s.strip() for s in args.structures.split(",")]
         if args.structures else None,
     }
+
+
+def _load_options(args) -> dict:
+    return {"tokenizer": args.tokenizer} if args.tokenizer else {}
 
 
 def _print_case(result: CaseResult, index: int, total: int) -> None:
@@ -95,7 +100,7 @@ def run(args) -> int:
         device = args.device
         results = run_cases(cases, out_dir, args.model, weights=args.weights, device=args.device, fmt=args.format,
                             overwrite=args.overwrite, segment_kwargs=kwargs, on_case=on_case,
-                            progress=TerminalProgress())
+                            progress=TerminalProgress(), load_options=_load_options(args))
     from ..models.checkpoint import sha256_of
     from ..models.registry import get_card
     from ..models.weights import weights_path
@@ -118,7 +123,7 @@ def _run_single(args, case, target: Path, kwargs) -> int:
     from .progressbar import TerminalProgress
 
     image = read_image(case.source)
-    loaded = load_model(args.model, weights=args.weights, device=args.device)
+    loaded = load_model(args.model, weights=args.weights, device=args.device, **_load_options(args))
     result = segment(image, loaded, progress=TerminalProgress(), **kwargs)
     names = loaded.classes or {0: "background", 1: "object"}
     out = write_labels(result, image, target, label_names=names)

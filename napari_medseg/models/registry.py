@@ -48,6 +48,7 @@ class ModelCard:
     citation: str = ""
     provenance: dict = field(default_factory=dict)  # for user-trained models: base model, data, metrics
     decoder_from: str | None = None  # another model whose weights supply the prompt encoder and mask decoder
+    text_tower: str | None = None  # text-guided models: the language model the checkpoint needs
     source: Path | None = None
 
     @property
