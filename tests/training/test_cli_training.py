@@ -1,0 +1,127 @@
+"""``medseg train`` and ``python -m napari_medseg.training``: from the store or folders to a registered
+model that segments; a killed run resumes from its last checkpoint; torchrun with two processes."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from napari_medseg.cli import main
+from napari_medseg.io.image import Image
+from napari_medseg.models.registry import get_card
+from napari_medseg.training.store import AnnotationStore, write_image_copy
+from napari_medseg.training.metrics import read_metrics
+
+
+def _slices_dataset(mni, folder, indices=(76, 92, 108)):
+    """One 2-D image per axial MNI slice in matched-name folders (images/, labels/)."""
+    t1, labels = mni
+    for sub in ("images", "labels"):
+        (folder / sub).mkdir(parents=True)
+    for index in indices:
+        plane = Image(t1.array[index], t1.spacing[:2], t1.origin[:2], np.eye(2), modality="MR")
+        write_image_copy(plane, folder / "images" / f"slice{index}.nii.gz")
+        write_image_copy(plane.with_array(labels[index]), folder / "labels" / f"slice{index}.nii.gz")
+    return folder / "images", folder / "labels"
+
+
+def test_train_from_store_registers_a_model_that_segments(mni, tmp_path, capsys):
+    from napari_medseg.segmentation import segment
+
+    t1, labels = mni
+    store = AnnotationStore(tmp_path / "project")
+    store.save(t1, labels, classes={1: "white matter"}, reviewed={"all": False, "slices": [70, 85, 100, 115]})
+    out = tmp_path / "run"
+    code = main(["train", "--from-store", str(store.folder), "--model", "lite-medsam", "--out", str(out),
+                 "--steps", "4", "--batch-size", "2", "--lr", "3e-4", "--name", "wm-lite", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    card = get_card("wm-lite")
+    assert card.family == "lite_medsam" and card.is_user_model
+    provenance = card.provenance
+    assert provenance["base_model"] == "lite-medsam" and provenance["steps"] == 4
+    assert provenance["data_hash"] and provenance["metrics"]["val_dice_before"] is not None
+    assert provenance["data"]["images"] == 1 and provenance["data"]["validation_samples"] == 1
+    metrics = read_metrics(out / "metrics.json")
+    assert metrics["status"] == "finished" and metrics["model_id"] == "wm-lite"
+
+    mask = segment(t1.array[92], "wm-lite", box=(30, 40, 170, 200))
+    assert mask.shape == (233, 197) and 500 < mask.sum() < 233 * 197 // 2
+
+
+def _training_command(images, labels, out, steps):
+    return [sys.executable, "-m", "napari_medseg.training", "--images", str(images), "--labels", str(labels),
+            "--model", "lite-medsam", "--out", str(out), "--steps", str(steps), "--steps-per-epoch", "2",
+            "--batch-size", "1", "--device", "cpu", "--no-register", "--seed", "3"]
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(mni, tmp_path):
+    images, labels = _slices_dataset(mni, tmp_path / "data")
+    out = tmp_path / "run"
+    process = subprocess.Popen(_training_command(images, labels, out, 100), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (read_metrics(out / "metrics.json") or {}).get("history"):
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)  # no chance to save anything more
+    process.wait()
+    killed = read_metrics(out / "metrics.json")
+    assert killed["status"] == "training" and len(killed["history"]) >= 1
+    saved_epochs = len(killed["history"])
+
+    result = subprocess.run(_training_command(images, labels, out, 2 * saved_epochs + 2), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = read_metrics(out / "metrics.json")
+    assert metrics["resumed_at"] == 2 * saved_epochs and metrics["status"] == "finished"
+    assert [h["epoch"] for h in metrics["history"]] == list(range(1, saved_epochs + 2))
+    assert (out / "model" / "lite_medsam.pth").is_file()
+
+
+def test_sigterm_cancels_with_a_resumable_state(mni, tmp_path):
+    images, labels = _slices_dataset(mni, tmp_path / "data", indices=(80, 100))
+    out = tmp_path / "run"
+    process = subprocess.Popen(_training_command(images, labels, out, 1000), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (read_metrics(out / "metrics.json") or {}).get("step"):
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        time.sleep(0.2)
+    process.terminate()
+    assert process.wait(timeout=120) == 130
+    metrics = read_metrics(out / "metrics.json")
+    assert metrics["status"] == "cancelled" and (out / "last.pt").is_file()
+
+
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+
+
+@pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
+@pytest.mark.parametrize("device", [
+    pytest.param("cpu", marks=pytest.mark.slow),
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(_gpus() < 2, reason="needs 2 GPUs")]),
+])
+def test_torchrun_two_processes(device, mni, tmp_path):
+    images, labels = _slices_dataset(mni, tmp_path / "data", indices=(70, 80, 100, 110))
+    out = tmp_path / "run"
+    arguments = _training_command(images, labels, out, 4)[3:]
+    arguments[arguments.index("--device") + 1] = device
+    arguments[arguments.index("--no-register")] = "--name"
+    arguments.insert(arguments.index("--name") + 1, "wm-ddp")
+    result = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "napari_medseg.training", *arguments],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    card = get_card("wm-ddp")
+    assert card.provenance["devices"].endswith(" x 2") and card.provenance["steps"] == 4
+    assert json.loads((out / "metrics.json").read_text())["samples"] == 3

@@ -1,0 +1,115 @@
+"""The annotation store: saving, finding, reopening, damaged entries, nnU-Net export/import."""
+import json
+
+import numpy as np
+import pytest
+
+from napari_medseg.errors import MedsegError
+from napari_medseg.io import read_image
+from napari_medseg.training.datasets import cases_from_store, nnunet_cases
+from napari_medseg.training.store import AnnotationStore, image_hash, write_image_copy
+
+
+def _on_disk(make_volume, tmp_path, seed=0, name="scan.nii.gz"):
+    image, labels = make_volume(seed=seed)
+    path = write_image_copy(image, tmp_path / name)
+    return read_image(path), labels
+
+
+def test_save_find_restore_and_revisions(tmp_path, make_volume):
+    image, labels = _on_disk(make_volume, tmp_path)
+    store = AnnotationStore(tmp_path / "project")
+    entry = store.save(image, labels, classes={1: "liver", 2: "spleen"},
+                       prompts=[{"kind": "box", "box": [4, 5, 12, 10], "z": 2, "label": 1}])
+    assert entry.image["sha256"] == image_hash(image) and entry.image["copy"] is None
+    np.testing.assert_allclose(entry.image["geometry"]["spacing"], [0.8, 0.9, 2.5], rtol=1e-6)
+    assert entry.reviewed == {"all": False, "slices": [1, 2, 3, 4]}  # slices holding labels
+    assert entry.classes == {0: "background", 1: "liver", 2: "spleen"}
+
+    reopened = AnnotationStore(tmp_path / "project", create=False)
+    np.testing.assert_array_equal(reopened.restore(image), labels)
+    assert reopened.classes[1] == "liver"
+
+    edited = labels.copy()
+    edited[0, 0, 0] = 1
+    second = reopened.save(image, edited, reviewed={"all": False, "slices": [0, 5]}, report="liver lesion, 2 cm")
+    assert second.id == entry.id and second.revision == 2
+    assert sorted(p.name for p in second.folder.glob("labels-*")) == ["labels-2.json", "labels-2.nii.gz"]
+    assert second.reviewed["slices"] == [0, 1, 2, 3, 4, 5]
+    assert len(second.prompts) == 1 and second.report == "liver lesion, 2 cm"
+    np.testing.assert_array_equal(reopened.restore(image), edited)
+    assert reopened.summary()["reviewed_slices"] == 6
+
+
+def test_image_without_file_is_copied_into_the_store(tmp_path, make_volume):
+    image, labels = make_volume()
+    store = AnnotationStore(tmp_path / "project")
+    entry = store.save(image, labels)
+    assert entry.image["copy"] == "image.mha"
+    loaded, loaded_labels = store.load(store.entries()[0])
+    np.testing.assert_array_equal(loaded.array, image.array)
+    assert loaded.spacing == image.spacing
+    np.testing.assert_array_equal(loaded_labels, labels)
+
+
+def test_damaged_entries_are_reported_and_skipped(tmp_path, make_volume):
+    store = AnnotationStore(tmp_path / "project")
+    good = store.save(*_on_disk(make_volume, tmp_path, 0, "a.nii.gz"))
+    tampered = store.save(*_on_disk(make_volume, tmp_path, 1, "b.nii.gz"))
+    broken = store.save(*_on_disk(make_volume, tmp_path, 2, "c.nii.gz"))
+    changed = store.save(*_on_disk(make_volume, tmp_path, 3, "d.nii.gz"))
+    with open(tampered.labels_path, "r+b") as stream:  # flip bytes inside the labels file
+        stream.seek(60)
+        stream.write(b"\xff\xff\xff")
+    (broken.folder / "entry.json").write_text("{not json")
+    other, _ = make_volume(seed=9)
+    write_image_copy(other, tmp_path / "d.nii.gz")  # the image file changed after labelling
+
+    with pytest.warns(UserWarning, match="skipping entry"):
+        entries = store.entries()
+    assert [e.id for e in entries] == sorted([good.id, changed.id])
+    assert any("sha256" in p and tampered.id in p for p in store.problems)
+    assert any("damaged" in p and broken.id in p for p in store.problems)
+
+    with pytest.warns(UserWarning):
+        cases = cases_from_store(store)
+    assert [c.name for c in cases] == [good.id]
+    assert any("changed since it was labelled" in p for p in store.problems)
+
+
+def test_project_folder_rules(tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("x")
+    with pytest.raises(MedsegError, match="not empty"):
+        AnnotationStore(tmp_path / "busy")
+    with pytest.raises(MedsegError, match="no project.json"):
+        AnnotationStore(tmp_path / "missing", create=False)
+
+
+def test_nnunet_export_marks_unreviewed_slices_ignore_and_imports_back(tmp_path, make_volume):
+    image, labels = _on_disk(make_volume, tmp_path)
+    store = AnnotationStore(tmp_path / "project")
+    store.save(image, labels, classes={1: "liver", 2: "spleen"}, reviewed={"all": False, "slices": [0, 1, 2, 3, 4]},
+               report="two organs")
+    flat, flat_labels = make_volume((1, 12, 14), seed=4)
+    store.save(flat.with_array(flat.array[0], spacing=(0.5, 0.5), origin=(0.0, 0.0), direction=np.eye(2)),
+               flat_labels[0])
+    target = store.export_nnunet(tmp_path / "Dataset001_Test")
+    description = json.loads((target / "dataset.json").read_text())
+    assert description["labels"] == {"background": 0, "liver": 1, "spleen": 2, "ignore": 3}
+    assert description["numTraining"] == 2 and description["channel_names"] == {"0": "MR"}
+    assert sorted(p.name for p in (target / "imagesTr").iterdir()) == ["case_0000_0000.nii.gz", "case_0001_0000.nii.gz"]
+    (report,) = (target / "reports").iterdir()
+    assert report.read_text() == "two organs"
+
+    (volume_case,) = [c for c in nnunet_cases(target) if c.ndim == 3]
+    assert report.name == f"{volume_case.name}.txt"
+    assert volume_case.reviewed == {"all": False, "slices": [0, 1, 2, 3, 4]}
+    np.testing.assert_array_equal(volume_case.labels[:5], labels[:5])
+    assert not volume_case.labels[5].any()  # the ignored slice is not a labelled one
+    assert volume_case.report == "two organs" and volume_case.classes[2] == "spleen"
+
+    imported = AnnotationStore.import_nnunet(target, tmp_path / "imported")
+    assert len(imported.entries()) == 2
+    entry = next(e for e in imported.entries() if e.ndim == 3)
+    assert entry.reviewed["slices"] == [0, 1, 2, 3, 4] and entry.report == "two organs"

@@ -1,0 +1,462 @@
+"""The annotation store: every accepted mask or correction, kept safe in a project folder.
+
+Layout::
+
+    <project>/project.json                    {"format", "version", "created", "classes"}
+    <project>/entries/<entry-id>/entry.json   image reference, labels file + sha256, classes, prompts,
+                                              reviewed slices, report text, timestamps
+    <project>/entries/<entry-id>/labels-<revision>.nii.gz   label map in the image's geometry
+    <project>/entries/<entry-id>/image.mha    a copy, only for images without a readable file
+
+Writes are atomic and ordered (new labels file, then entry.json, then the old labels file is
+removed), so a crash at any moment leaves the previous or the new revision, never a mix. An entry
+whose files do not match its record is reported (``problems``) and skipped, never used.
+
+The image is referenced by path, a sha256 of its voxel data and its geometry; an image opened
+again anywhere is recognised by that hash (`find`). ``reviewed`` names the slices (along the first
+array axis) the user checked; ``{"all": true}`` means the whole label map is checked.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from napari_medseg.errors import ImageReadError, MedsegError
+from napari_medseg.io.formats import sidecar_path
+from napari_medseg.io.image import Image
+
+STORE_FORMAT = "napari-medseg annotation store"
+STORE_VERSION = 1
+LABELS_SUFFIX = ".nii.gz"
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def image_hash(image: Image) -> str:
+    """sha256 of the voxel data, its shape and type: the same image read from anywhere has the same hash."""
+    array = np.ascontiguousarray(image.array)
+    digest = hashlib.sha256(repr((array.shape, array.dtype.str, image.channel_axis)).encode())
+    digest.update(memoryview(array.reshape(-1).view(np.uint8)))
+    return digest.hexdigest()
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_json(path: Path, content: dict) -> None:
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(content, stream, indent=1)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def write_image_copy(image: Image, path: Path) -> Path:
+    """The image's voxels and geometry as a MetaImage (channels kept as vector components), atomically."""
+    import SimpleITK as sitk
+
+    vector = image.channel_axis is not None
+    array = np.moveaxis(image.array, image.channel_axis, -1) if vector else image.array
+    itk = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=vector)
+    itk.SetSpacing(image.spacing)
+    itk.SetOrigin(image.origin)
+    itk.SetDirection(tuple(image.direction.ravel()))
+    temp = path.with_name(f".tmp-{path.name}")
+    try:
+        sitk.WriteImage(itk, str(temp), useCompression=True)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return path
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:40] or "image"
+
+
+def _image_name(image: Image) -> str:
+    if image.path is None:
+        return "image"
+    name = Path(image.path).name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm", ".tif", ".tiff", ".png", ".jpg"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def labelled_slices(labels: np.ndarray) -> list[int]:
+    """Indices along the first axis of slices that hold any label (3-D label maps)."""
+    return np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1)).tolist()
+
+
+@dataclass
+class Entry:
+    """One image's annotations as recorded in ``entry.json``."""
+
+    id: str
+    folder: Path
+    image: dict  # path, sha256, geometry, modality, intensity, channel_axis, copy
+    labels_file: str
+    labels_sha256: str
+    classes: dict[int, str]
+    prompts: list[dict] = field(default_factory=list)
+    reviewed: dict = field(default_factory=lambda: {"all": False, "slices": []})
+    report: str = ""
+    revision: int = 1
+    created: str = ""
+    modified: str = ""
+
+    @property
+    def labels_path(self) -> Path:
+        return self.folder / self.labels_file
+
+    @property
+    def ndim(self) -> int:
+        return len(self.image["geometry"]["shape"])
+
+    def reviewed_slices(self, depth: int) -> np.ndarray:
+        """Boolean mask over the first axis: which slices the user checked."""
+        mask = np.zeros(depth, dtype=bool)
+        if self.reviewed.get("all"):
+            mask[:] = True
+        else:
+            indices = [i for i in self.reviewed.get("slices", []) if 0 <= i < depth]
+            mask[indices] = True
+        return mask
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id, "image": self.image, "labels_file": self.labels_file, "labels_sha256": self.labels_sha256,
+            "classes": {str(k): v for k, v in self.classes.items()}, "prompts": self.prompts,
+            "reviewed": self.reviewed, "report": self.report, "revision": self.revision,
+            "created": self.created, "modified": self.modified,
+        }
+
+    @classmethod
+    def from_json(cls, content: dict, folder: Path) -> "Entry":
+        return cls(
+            id=str(content["id"]), folder=folder, image=dict(content["image"]), labels_file=str(content["labels_file"]),
+            labels_sha256=str(content["labels_sha256"]),
+            classes={int(k): str(v) for k, v in content.get("classes", {}).items()},
+            prompts=list(content.get("prompts", [])), reviewed=dict(content.get("reviewed", {})),
+            report=str(content.get("report", "")), revision=int(content.get("revision", 1)),
+            created=str(content.get("created", "")), modified=str(content.get("modified", "")),
+        )
+
+
+class AnnotationStore:
+    """A project folder of annotations; see the module docstring for the layout."""
+
+    def __init__(self, folder: str | Path, create: bool = True):
+        self.folder = Path(folder).expanduser()
+        self.problems: list[str] = []  # one line per entry that was skipped, from the last scan
+        manifest = self.folder / "project.json"
+        if manifest.is_file():
+            try:
+                content = json.loads(manifest.read_text(encoding="utf-8"))
+            except ValueError:
+                raise MedsegError(f"{manifest} is damaged (not valid JSON)") from None
+            if content.get("format") != STORE_FORMAT:
+                raise MedsegError(f"{self.folder} is not a napari-medseg project folder")
+            self.classes = {int(k): str(v) for k, v in content.get("classes", {}).items()}
+            self.created = content.get("created", "")
+        elif create:
+            if self.folder.exists() and any(p.name != ".DS_Store" for p in self.folder.iterdir()):
+                raise MedsegError(f"{self.folder} is not empty and is not a napari-medseg project; choose an empty folder")
+            (self.folder / "entries").mkdir(parents=True, exist_ok=True)
+            self.classes, self.created = {0: "background"}, now()
+            self._write_manifest()
+        else:
+            raise MedsegError(f"{self.folder} is not a napari-medseg project folder (no project.json)")
+
+    def _write_manifest(self) -> None:
+        atomic_write_json(self.folder / "project.json", {
+            "format": STORE_FORMAT, "version": STORE_VERSION, "created": self.created,
+            "classes": {str(k): v for k, v in sorted(self.classes.items())},
+        })
+
+    # ---- reading -----------------------------------------------------------------------------
+    def _read_entry(self, folder: Path) -> Entry:
+        """An entry whose record and labels file agree; MedsegError with the reason otherwise."""
+        record = folder / "entry.json"
+        try:
+            entry = Entry.from_json(json.loads(record.read_text(encoding="utf-8")), folder)
+            shape = [int(s) for s in entry.image["geometry"]["shape"]]
+            entry.image["sha256"]
+        except FileNotFoundError:
+            raise MedsegError("entry.json is missing") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MedsegError(f"entry.json is damaged ({type(exc).__name__}: {exc})") from None
+        if not entry.labels_path.is_file():
+            raise MedsegError(f"its labels file {entry.labels_file} is missing")
+        if file_hash(entry.labels_path) != entry.labels_sha256:
+            raise MedsegError(f"its labels file {entry.labels_file} does not match the recorded sha256 (damaged?)")
+        if len(shape) not in (2, 3):
+            raise MedsegError(f"its image shape {shape} is not 2-D or 3-D")
+        return entry
+
+    def entries(self) -> list[Entry]:
+        """Every intact entry; damaged ones are listed in ``problems`` (and warned about), not returned."""
+        self.problems = []
+        found = []
+        for folder in sorted((self.folder / "entries").iterdir()) if (self.folder / "entries").is_dir() else []:
+            if not folder.is_dir():
+                continue
+            try:
+                found.append(self._read_entry(folder))
+            except MedsegError as exc:
+                self._report(f"{folder.name}: {exc}")
+        return found
+
+    def _report(self, problem: str) -> None:
+        self.problems.append(problem)
+        warnings.warn(f"Annotation store {self.folder}: skipping entry {problem}", stacklevel=3)
+
+    def find(self, image: Image) -> Entry | None:
+        """The entry of this image (same voxel data), if any."""
+        digest = image_hash(image)
+        return next((e for e in self.entries() if e.image.get("sha256") == digest), None)
+
+    def entry(self, entry_id: str) -> Entry:
+        return self._read_entry(self.folder / "entries" / entry_id)
+
+    def read_labels(self, entry: Entry) -> np.ndarray:
+        from napari_medseg.io import read_image
+
+        try:
+            labels = read_image(entry.labels_path).array
+        except ImageReadError as exc:
+            raise MedsegError(f"entry {entry.id}: labels cannot be read ({exc})") from None
+        if list(labels.shape) != list(entry.image["geometry"]["shape"]):
+            raise MedsegError(f"entry {entry.id}: labels shape {labels.shape} differs from the image's")
+        return labels
+
+    def read_image(self, entry: Entry) -> Image:
+        """The entry's image, from its own file or the store's copy, checked against the recorded hash."""
+        from napari_medseg.io import read_image
+
+        candidates = []
+        if entry.image.get("copy"):
+            candidates.append(entry.folder / entry.image["copy"])
+        if entry.image.get("path"):
+            candidates.append(Path(entry.image["path"]))
+        reasons = []
+        for path in candidates:
+            if not path.exists():
+                reasons.append(f"{path} is missing")
+                continue
+            try:
+                image = read_image(path)
+            except ImageReadError as exc:
+                reasons.append(str(exc))
+                continue
+            if entry.image.get("channel_axis") is None and image.channel_axis is not None:
+                reasons.append(f"{path} has channels, the labelled image had none")
+                continue
+            image.modality = entry.image.get("modality", image.modality)
+            image.intensity = entry.image.get("intensity", image.intensity)
+            if image_hash(image) == entry.image["sha256"]:
+                return image
+            reasons.append(f"{path} changed since it was labelled (voxel sha256 differs)")
+        raise MedsegError(f"entry {entry.id}: image not available ({'; '.join(reasons) or 'no path recorded'})")
+
+    def load(self, entry: Entry) -> tuple[Image, np.ndarray]:
+        image = self.read_image(entry)
+        labels = self.read_labels(entry)
+        if tuple(labels.shape) != image.spatial_shape:
+            raise MedsegError(f"entry {entry.id}: labels {labels.shape} do not fit the image {image.spatial_shape}")
+        return image, labels
+
+    def restore(self, image: Image) -> np.ndarray | None:
+        """The saved labels of an image opened again, or None."""
+        entry = self.find(image)
+        return None if entry is None else self.read_labels(entry)
+
+    # ---- writing -----------------------------------------------------------------------------
+    def save(self, image: Image, labels: np.ndarray, *, classes: dict[int, str] | None = None,
+             prompts: list[dict] | None = None, reviewed: dict | None = None, report: str | None = None) -> Entry:
+        """Save (or update) the labels of ``image``.
+
+        ``prompts`` are appended to the entry's history (each a dict such as ``{"kind": "box",
+        "box": [x0, y0, x1, y1], "z": 12, "label": 1}``); ``reviewed`` (``{"all": bool, "slices":
+        [...]}``) is merged with what was reviewed before; without it, slices that hold labels count
+        as reviewed (2-D images: the whole image).
+        """
+        from napari_medseg.io import write_labels
+
+        labels = np.asarray(labels)
+        if labels.shape != image.spatial_shape:
+            raise MedsegError(f"Labels of shape {labels.shape} do not match the image's {image.spatial_shape}")
+        digest = image_hash(image)
+        entry = self.find(image)
+        stamp = now()
+        if entry is None:
+            folder = self._new_folder(image, digest)
+            entry = Entry(id=folder.name, folder=folder, image=self._image_reference(image, digest, folder),
+                          labels_file="", labels_sha256="", classes={}, created=stamp, revision=0)
+        old_labels = entry.labels_path if entry.labels_file else None
+        entry.revision += 1
+        entry.modified = stamp
+        entry.labels_file = f"labels-{entry.revision}{LABELS_SUFFIX}"
+        names = {0: "background", **entry.classes, **{int(k): str(v) for k, v in (classes or {}).items()}}
+        for value in np.unique(labels).tolist():
+            names.setdefault(int(value), self.classes.get(int(value), f"label {int(value)}"))
+        entry.classes = dict(sorted(names.items()))
+        entry.prompts = [*entry.prompts, *[{"time": stamp, **p} for p in (prompts or [])]]
+        entry.reviewed = self._merge_reviewed(entry.reviewed, reviewed, labels)
+        if report is not None:
+            entry.report = report
+        write_labels(labels, image.with_array(labels), entry.labels_path, label_names=entry.classes)
+        entry.labels_sha256 = file_hash(entry.labels_path)
+        atomic_write_json(entry.folder / "entry.json", entry.to_json())
+        if old_labels is not None and old_labels != entry.labels_path:
+            old_labels.unlink(missing_ok=True)
+            sidecar_path(old_labels).unlink(missing_ok=True)
+        if any(self.classes.get(k) != v for k, v in entry.classes.items() if not v.startswith("label ")):
+            self.classes.update({k: v for k, v in entry.classes.items() if not v.startswith("label ")})
+            self._write_manifest()
+        return entry
+
+    def _new_folder(self, image: Image, digest: str) -> Path:
+        folder = self.folder / "entries" / f"{_slug(_image_name(image))}-{digest[:12]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    @staticmethod
+    def _image_reference(image: Image, digest: str, folder: Path) -> dict:
+        path = Path(image.path).resolve() if image.path is not None else None
+        reference = {
+            "path": str(path) if path is not None else None, "sha256": digest, "geometry": image.geometry(),
+            "modality": image.modality, "intensity": image.intensity, "channel_axis": image.channel_axis,
+            "dtype": str(image.array.dtype), "copy": None,
+        }
+        if path is None or not path.exists():  # nothing to re-read it from: keep the voxels here
+            reference["copy"] = write_image_copy(image, folder / "image.mha").name
+        return reference
+
+    @staticmethod
+    def _merge_reviewed(before: dict, new: dict | None, labels: np.ndarray) -> dict:
+        if labels.ndim == 2:
+            return {"all": True, "slices": []}
+        if new is None:
+            new = {"all": False, "slices": labelled_slices(labels)}
+        slices = sorted({int(i) for i in [*before.get("slices", []), *new.get("slices", [])]})
+        return {"all": bool(before.get("all") or new.get("all")), "slices": slices}
+
+    def set_report(self, image: Image, text: str) -> Entry:
+        entry = self.find(image)
+        if entry is None:
+            raise MedsegError("Save labels for this image before attaching a report")
+        entry.report, entry.modified = text, now()
+        atomic_write_json(entry.folder / "entry.json", entry.to_json())
+        return entry
+
+    def remove(self, entry: Entry) -> None:
+        shutil.rmtree(entry.folder)
+
+    # ---- summaries ---------------------------------------------------------------------------
+    def summary(self) -> dict:
+        """Counts for the GUI: images, reviewed slices, labelled 2-D images, skipped entries."""
+        entries = self.entries()
+        slices = sum(
+            (int(e.image["geometry"]["shape"][0]) if e.reviewed.get("all") else len(e.reviewed.get("slices", [])))
+            for e in entries if e.ndim == 3
+        )
+        return {"images": len(entries), "volumes": sum(e.ndim == 3 for e in entries),
+                "images_2d": sum(e.ndim == 2 for e in entries), "reviewed_slices": slices,
+                "skipped": list(self.problems)}
+
+    def data_hash(self) -> str:
+        """One sha256 over every intact entry's image hash, labels and reviewed slices (training provenance)."""
+        digest = hashlib.sha256()
+        for entry in self.entries():
+            digest.update(json.dumps([entry.image["sha256"], entry.labels_sha256, entry.reviewed], sort_keys=True).encode())
+        return digest.hexdigest()
+
+    # ---- nnU-Net raw datasets ------------------------------------------------------------------
+    def export_nnunet(self, target: str | Path, dataset_name: str | None = None) -> Path:
+        """Write ``imagesTr/``, ``labelsTr/``, ``dataset.json`` (and ``reports/``) in nnU-Net v2's raw layout.
+
+        Slices the user did not review get nnU-Net's ``ignore`` label (the highest value), so
+        partially checked volumes train correctly with nnU-Net's sparse-annotation support.
+        """
+        from napari_medseg.io import write_labels
+
+        target = Path(target).expanduser()
+        for sub in ("imagesTr", "labelsTr"):
+            (target / sub).mkdir(parents=True, exist_ok=True)
+        entries = self.entries()
+        if not entries:
+            raise MedsegError(f"{self.folder} holds no usable annotations to export")
+        classes = {0: "background"}
+        loaded = []
+        for entry in entries:
+            try:
+                loaded.append((entry, *self.load(entry)))
+            except MedsegError as exc:
+                self._report(str(exc))
+                continue
+            classes.update(entry.classes)
+        ignore = max(classes) + 1
+        channels, modality = 1, "unknown"
+        cases = {}
+        for index, (entry, image, labels) in enumerate(loaded):
+            case = f"case_{index:04d}"
+            cases[case] = entry.id
+            modality = image.modality if image.modality != "unknown" else modality
+            spatial = image.with_array(np.zeros(image.spatial_shape, np.uint8), channel_axis=None)
+            planes = [image.array] if image.channel_axis is None else list(np.moveaxis(image.array, image.channel_axis, 0))
+            channels = len(planes)
+            for c, plane in enumerate(planes):
+                write_image_copy(spatial.with_array(plane), target / "imagesTr" / f"{case}_{c:04d}.nii.gz")
+            if labels.ndim == 3 and not entry.reviewed.get("all"):
+                labels = labels.astype(np.min_scalar_type(ignore), copy=True)
+                labels[~entry.reviewed_slices(labels.shape[0])] = ignore
+            write_labels(labels, spatial, target / "labelsTr" / f"{case}.nii.gz")
+            if entry.report:
+                (target / "reports").mkdir(exist_ok=True)
+                (target / "reports" / f"{case}.txt").write_text(entry.report, encoding="utf-8")
+        names = {name: value for value, name in sorted(classes.items())}
+        if any(e.ndim == 3 and not e.reviewed.get("all") for e, _, _ in loaded):
+            names["ignore"] = ignore
+        channel_names = {str(c): (modality if channels == 1 else f"{modality}_{c}") for c in range(channels)}
+        if channels == 3 and all(image.is_rgb for _, image, _ in loaded):
+            channel_names = {"0": "R", "1": "G", "2": "B"}
+        atomic_write_json(target / "dataset.json", {
+            "name": dataset_name or self.folder.name, "channel_names": channel_names, "labels": names,
+            "numTraining": len(loaded), "file_ending": ".nii.gz",
+            "medseg": {"store": str(self.folder), "cases": cases},
+        })
+        return target
+
+    @classmethod
+    def import_nnunet(cls, dataset: str | Path, project: str | Path) -> "AnnotationStore":
+        """A project (new or existing) holding every case of an nnU-Net raw dataset (labelsTr + imagesTr)."""
+        from .datasets import nnunet_cases
+
+        store = cls(project)
+        for case in nnunet_cases(Path(dataset).expanduser()):
+            store.save(case.image, case.labels, classes=case.classes, reviewed=case.reviewed, report=case.report or None)
+        return store
