@@ -31,8 +31,8 @@ def load_model(model: str = "lite-medsam", weights: str | Path | None = None, de
             _CACHE.move_to_end(key)
             return _CACHE[key]
     loaded = load_checkpoint(path, family=card.family, **options)
-    if not loaded.classes:
-        loaded.classes = card.class_names()
+    if not loaded.classes or (card.is_user_model and card.class_names()):
+        loaded.classes = card.class_names() or loaded.classes
     loaded.info.setdefault("model_id", card.id)
     loaded.info.setdefault("model_name", card.name)
     loaded.to(dev)

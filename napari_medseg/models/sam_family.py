@@ -476,11 +476,14 @@ def build(state, family: str, path: Path | None = None, decoder=None, **options)
     sd = _state_dict(state)
     found = sniff(sd)
     expected = "sam" if family == "medsam" else family
-    if found != expected:
+    full_lvm_med = family == "lvm_med_vit" and found == "sam"  # LVM-Med's fine-tuned files hold the whole SAM
+    if found != expected and not full_lvm_med:
         raise CheckpointError(f"{path.name if path else 'The checkpoint'} is not a {family!r} checkpoint (looks like {found!r}).")
     info: dict = {}
     if family == "lite_medsam":
         network = _lite_medsam(sd)
+    elif full_lvm_med:
+        network = _sam(sd, family)
     elif family == "lvm_med_vit":
         sd = {**{f"image_encoder.{k}": v for k, v in sd.items()}, **_decoder_state(decoder, path)}
         network = _sam(sd, family)

@@ -189,3 +189,21 @@ def test_sniff_rejects_other_layouts(lite_medsam):
         assert sf.sniff(mobile) is None
     assert sf.sniff({"conv1.weight": torch.zeros(1)}) is None
     assert sf.sniff([1, 2]) is None
+
+
+def test_lvm_med_vit_accepts_a_whole_fine_tuned_sam(tmp_path):
+    """LVM-Med's fine-tuned files (and ours) store the whole SAM: encoder, prompt encoder and decoder."""
+    import torch
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    from napari_medseg.models import load_checkpoint
+
+    encoder = ImageEncoderViT(img_size=64, patch_size=16, embed_dim=32, depth=1, num_heads=2, out_chans=16,
+                              use_rel_pos=True, window_size=2, global_attn_indexes=(0,))
+    prompt = PromptEncoder(embed_dim=16, image_embedding_size=(4, 4), input_image_size=(64, 64), mask_in_chans=4)
+    decoder = MaskDecoder(transformer_dim=16, transformer=TwoWayTransformer(depth=1, embedding_dim=16, mlp_dim=32,
+                                                                            num_heads=2))
+    path = tmp_path / "lvm_med_finetuned.pth"
+    torch.save(Sam(encoder, prompt, decoder).state_dict(), path)
+    loaded = load_checkpoint(path, family="lvm_med_vit")
+    assert loaded.family == "lvm_med_vit" and loaded.preprocessing["profile"] == "lvm_med_vit"

@@ -1,0 +1,165 @@
+"""Swin-UMamba / Swin-UMamba† forward on a CUDA GPU: official-equivalent fp32 against optimised variants.
+
+    python benchmarks/bench_swin_umamba_gpu.py [--family swin_umamba_d] [--checkpoint checkpoint_final.pth]
+
+For batch 1 at 256^2 and batch 8 at 512^2 it times
+  * fp32 eager                 (what the official code computes; the scan always runs in fp32)
+  * bf16 autocast eager
+  * bf16 autocast + CUDA graph (the whole forward captured once, replayed)
+  * bf16 autocast + torch.compile (--compile-mode, default "default"; the PyTorch scan stays eager)
+and reports ms per batch, images/s, TFLOP/s (convolutions and matrix products counted by
+torch.utils.flop_counter; the selective scan's elementwise work is not counted) and the arg-max
+agreement with fp32. Then it times the fp32 forward with each selective-scan backend (the project's
+chunked PyTorch scan and mamba_ssm's CUDA kernel, when installed) and their largest logit difference.
+Without --checkpoint the network has random weights (the official initialisation), with 14 classes.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+
+import torch
+
+from napari_medseg.models import scan
+
+
+def build(family: str, checkpoint: str | None):
+    if checkpoint:
+        from napari_medseg.models import load_checkpoint
+
+        loaded = load_checkpoint(checkpoint, family=family)
+        return loaded.network, len(loaded.preprocessing["channels"])
+    from napari_medseg.models.swin_umamba import SwinUMamba, SwinUMambaD
+
+    torch.manual_seed(0)
+    return (SwinUMamba(1, 14) if family == "swin_umamba" else SwinUMambaD(1, 14)), 1
+
+
+def cuda_time(fn, iterations: int) -> float:
+    """Median milliseconds per call, by CUDA events."""
+    times = []
+    for _ in range(iterations):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(stop))
+    return sorted(times)[len(times) // 2]
+
+
+def flops_of(network, x) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        network(x)
+    return counter.get_total_flops()
+
+
+@contextlib.contextmanager
+def scan_backend(name: str):
+    old = os.environ.get("NAPARI_MEDSEG_SCAN")
+    os.environ["NAPARI_MEDSEG_SCAN"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("NAPARI_MEDSEG_SCAN")
+        else:
+            os.environ["NAPARI_MEDSEG_SCAN"] = old
+
+
+def graphed(forward, x):
+    """The forward captured as one CUDA graph on a static input; returns a replaying callable."""
+    static_x = x.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            forward(static_x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = forward(static_x)
+
+    def replay(new_x):
+        static_x.copy_(new_x)
+        graph.replay()
+        return static_out
+    return replay
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="swin_umamba", choices=("swin_umamba", "swin_umamba_d"))
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--compile-mode", default="default",
+                        help="torch.compile mode, e.g. max-autotune-no-cudagraphs (slow to compile); 'none' skips it")
+    parser.add_argument("--shapes", default="1x256,8x512", help="comma-separated BATCHxSIZE")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("needs a CUDA GPU")
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 for the reference numbers
+    torch.backends.cudnn.allow_tf32 = False
+    network, channels = build(args.family, args.checkpoint)
+    network = network.cuda().eval()
+    backend = scan.backend_for(torch.device("cuda"))
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.family}, scan backend {backend}")
+
+    def fp32(x):
+        with torch.inference_mode():
+            return network(x).float()
+
+    def bf16(x):
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+            return network(x).float()
+
+    compiled = None if args.compile_mode == "none" else torch.compile(network, mode=args.compile_mode)
+
+    def bf16_compiled(x):
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+            return compiled(x).float()
+
+    for shape in args.shapes.split(","):
+        batch, size = (int(v) for v in shape.split("x"))
+        x = torch.randn(batch, channels, size, size, device="cuda")
+        flops = flops_of(network, x)
+        reference = fp32(x).argmax(1)
+        variants = {"fp32 eager": fp32, "bf16 autocast": bf16}
+        try:
+            variants["bf16 + CUDA graph"] = graphed(bf16, x)
+        except Exception as exc:  # capture can fail with backends that synchronise
+            print(f"  CUDA graph capture failed: {type(exc).__name__}: {exc}")
+        if compiled is not None:
+            variants["bf16 + torch.compile"] = bf16_compiled
+        print(f"batch {batch} x {size}^2: {flops / 1e9:.1f} GFLOP per batch (scan excluded)")
+        for name, fn in variants.items():
+            try:
+                agreement = (fn(x).argmax(1) == reference).float().mean().item()
+                ms = cuda_time(lambda: fn(x), args.iterations)
+            except Exception as exc:
+                print(f"  {name:22s} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+                continue
+            print(f"  {name:22s} {ms:9.2f} ms  {batch / ms * 1e3:8.1f} img/s  {flops / ms / 1e9:7.2f} TFLOP/s"
+                  f"  arg-max agreement {agreement:.5f}")
+        outputs = {}
+        for name in ("torch", "mamba_ssm"):
+            if name == "mamba_ssm" and scan.mamba_ssm_scan() is None:
+                print("  scan mamba_ssm: not installed")
+                continue
+            with scan_backend(name):
+                outputs[name] = fp32(x)
+                ms = cuda_time(lambda: fp32(x), max(3, args.iterations // 4))
+            print(f"  fp32 forward, scan {name:10s} {ms:9.2f} ms")
+        if len(outputs) == 2:
+            diff = (outputs["torch"] - outputs["mamba_ssm"]).abs().max() / outputs["mamba_ssm"].abs().max()
+            same = (outputs["torch"].argmax(1) == outputs["mamba_ssm"].argmax(1)).float().mean()
+            print(f"  scan backends: relative max logit difference {diff.item():.2e}, "
+                  f"arg-max agreement {same.item():.5f}")
+
+
+if __name__ == "__main__":
+    main()

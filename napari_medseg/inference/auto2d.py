@@ -1,0 +1,322 @@
+"""Automatic 2-D segmentation: an image (2-D, RGB or a volume sliced along its first axis) -> label map.
+
+nnU-Net models (Swin-UMamba, Swin-UMamba†) are run exactly as ``nnUNetPredictor`` runs them: transpose,
+crop to the non-zero region, the plans' per-channel normalisation, in-plane resampling (order 3) to the
+plans' spacing, Gaussian-weighted sliding windows with 50 % overlap, optional mirroring, logits
+resampled back (order 1), softmax/arg-max or region sigmoids, un-crop and un-transpose. VM-UNet and LVM-Med
+U-Net models use their authors' pre-processing (``models.vm_unet``, ``models.lvm_med_unet``), slice by
+slice. Tiles or slices are batched.
+"""
+from __future__ import annotations
+
+import itertools
+from functools import lru_cache
+
+import numpy as np
+
+from ..errors import MedsegError
+from ..io.image import Image
+from ..models.loaded import LoadedModel
+from ..progress import Progress
+
+DEFAULT_BATCH = {"cpu": 1, "cuda": 4}
+
+
+def predict_auto2d(loaded: LoadedModel, image: Image, *, device=None, mirror: bool = False,
+                   batch_size: int | None = None, progress=None, cancel=None, slices=None) -> np.ndarray:
+    """The label map of ``image`` (shape ``image.spatial_shape``, uint8 or uint16).
+
+    ``slices`` limits a volume to these indices along the axis the model slides over (the other slices
+    stay 0). ``mirror`` averages over the flips the model allows. ``device`` defaults to CUDA when present.
+    """
+    import torch
+
+    if loaded.task != "auto2d":
+        raise MedsegError(f"{loaded.family} is a {loaded.task} model, not an automatic 2-D model")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    loaded.to(device)
+    batch_size = batch_size or DEFAULT_BATCH.get(device.type, 1)
+    scheme = loaded.preprocessing.get("scheme")
+    runner = _Runner(loaded.network, device, batch_size)
+    if scheme == "nnunet":
+        return _predict_nnunet(loaded, image, runner, mirror, slices, progress, cancel)
+    if scheme in ("vm_unet_isic", "vm_unet_synapse"):
+        return _predict_vm_unet(loaded, image, runner, mirror, slices, progress, cancel)
+    if loaded.preprocessing.get("profile") == "lvm_med":
+        return _predict_lvm_med(loaded, image, runner, mirror, slices, progress, cancel)
+    raise MedsegError(f"No automatic 2-D prediction for pre-processing {scheme or loaded.preprocessing!r}")
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def channels_first(image: Image, channels: int, names) -> np.ndarray:
+    """(C, *spatial) float32; a refusal with the model's channel names when the count differs."""
+    array = image.array
+    if image.channel_axis is not None:
+        array = np.moveaxis(array, image.channel_axis, 0)
+        if image.is_rgb and array.shape[0] == 4 and channels == 3:
+            array = array[:3]  # RGBA photo: drop the alpha channel
+    else:
+        array = array[None]
+    if array.shape[0] != channels:
+        wanted = ", ".join(names) if names else f"{channels} channel(s)"
+        raise MedsegError(
+            f"This model needs {channels} input channel(s) ({wanted}); the image has {array.shape[0]}"
+        )
+    return array.astype(np.float32)
+
+
+def _slice_indices(slices, count: int) -> list[int]:
+    if slices is None:
+        return list(range(count))
+    indices = sorted({int(s) for s in np.atleast_1d(slices)})
+    bad = [s for s in indices if not 0 <= s < count]
+    if bad:
+        raise MedsegError(f"Slice {bad[0]} is outside the image (0..{count - 1})")
+    return indices
+
+
+def resize_plane(plane: np.ndarray, shape, order: int) -> np.ndarray:
+    """skimage resize as nnU-Net calls it (edge mode, no anti-aliasing), float64 in, float64 out."""
+    if tuple(plane.shape) == tuple(shape):
+        return plane.astype(np.float64, copy=False)
+    from skimage.transform import resize
+
+    return resize(plane.astype(np.float64, copy=False), tuple(shape), order=order, mode="edge", anti_aliasing=False)
+
+
+class _Runner:
+    """Runs the network on batches of tiles, with autocast on CUDA as nnU-Net does."""
+
+    def __init__(self, network, device, batch_size: int):
+        self.network, self.device, self.batch_size = network, device, batch_size
+
+    def __call__(self, tiles: np.ndarray, mirror_axes=()) -> np.ndarray:
+        """(n, C, h, w) float32 -> (n, K, h, w) float32 network outputs, averaged over the mirrorings."""
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device)
+        with torch.inference_mode(), torch.autocast("cuda", enabled=self.device.type == "cuda"):
+            out = self.network(x).float()
+            flips = [c for i in range(len(mirror_axes)) for c in itertools.combinations(mirror_axes, i + 1)]
+            for axes in flips:
+                dims = [a + 2 for a in axes]
+                out += torch.flip(self.network(torch.flip(x, dims)), dims).float()
+        return (out / (len(flips) + 1)).cpu().numpy()
+
+
+@lru_cache(maxsize=4)
+def gaussian_importance(tile: tuple[int, ...]) -> np.ndarray:
+    """nnU-Net's tile weighting: a Gaussian of sigma = tile / 8 centred at tile // 2, no zeros."""
+    from scipy.ndimage import gaussian_filter
+
+    impulse = np.zeros(tile)
+    impulse[tuple(t // 2 for t in tile)] = 1
+    weights = gaussian_filter(impulse, [t / 8 for t in tile], 0, mode="constant", cval=0)
+    weights /= weights.max()
+    weights[weights == 0] = weights[weights > 0].min()
+    return weights.astype(np.float32)
+
+
+def window_starts(size: int, tile: int, step: float = 0.5) -> list[int]:
+    """nnU-Net's tile positions along one axis (``size >= tile``): evenly spread, at most ``step * tile`` apart."""
+    count = int(np.ceil((size - tile) / (tile * step))) + 1
+    if count == 1:
+        return [0]
+    spacing = (size - tile) / (count - 1)
+    return [int(np.round(spacing * i)) for i in range(count)]
+
+
+# ------------------------------------------------------------------------------------------ nnU-Net
+
+
+def crop_to_nonzero(data: np.ndarray):
+    """nnU-Net's crop: bounding box of the hole-filled mask of voxels non-zero in any channel."""
+    from scipy.ndimage import binary_fill_holes
+
+    mask = binary_fill_holes(np.any(data != 0, axis=0))
+    if not mask.any():
+        return data, tuple(slice(0, s) for s in data.shape[1:]), mask
+    box = tuple(slice(int(w.min()), int(w.max()) + 1) for w in np.nonzero(mask))
+    return data[(slice(None),) + box], box, mask[box]
+
+
+def normalize(data: np.ndarray, mask: np.ndarray, schemes: list[dict]) -> np.ndarray:
+    """The plans' normalisation per channel, in place on float32 (C, ...) data."""
+    for channel, scheme in zip(data, schemes):
+        name = scheme["scheme"]
+        if name == "CTNormalization":
+            np.clip(channel, scheme["lower"], scheme["upper"], out=channel)
+            channel -= scheme["mean"]
+            channel /= max(scheme["std"], 1e-8)
+        elif name == "ZScoreNormalization":
+            if scheme["use_mask"]:
+                values = channel[mask]
+                channel[mask] = (values - values.mean()) / max(values.std(), 1e-8)
+            else:
+                mean, std = channel.mean(), channel.std()
+                channel -= mean
+                channel /= max(std, 1e-8)
+        elif name == "RescaleTo01Normalization":
+            channel -= channel.min()
+            channel /= max(channel.max(), 1e-8)
+        elif name == "RGBTo01Normalization":
+            channel /= 255.0
+    return data
+
+
+def _predict_nnunet(loaded, image, runner, mirror, slices, progress, cancel) -> np.ndarray:
+    pre = loaded.preprocessing
+    data = channels_first(image, len(pre["channels"]), pre["channels"])
+    spacing = list(image.spacing[::-1])  # numpy order
+    if image.ndim == 2:  # nnU-Net reads 2-D images as one slice of a volume
+        data, spacing = data[:, None], [999.0] + spacing
+    transpose = pre["transpose_forward"]
+    data = data.transpose([0, *[i + 1 for i in transpose]])
+    spacing = [spacing[i] for i in transpose]
+    full_shape = data.shape[1:]
+    data, box, mask = crop_to_nonzero(data) if pre["crop_to_nonzero"] else (data, (), None)
+    normalize(data, mask, pre["normalization"])
+    cropped = data.shape[1:]
+    indices = _slice_indices(slices, full_shape[0])
+    wanted = [i - box[0].start for i in indices if box[0].start <= i < box[0].stop] if box else indices
+    plane_shape = [int(round(s / t * n)) for s, t, n in zip(spacing[1:], pre["spacing"], cropped[1:])]
+    labels = np.zeros(full_shape, np.uint8 if max(loaded.classes, default=0) < 256 else np.uint16)
+    target = labels[box] if box else labels
+    for n, plane_logits in _sliding_window(runner, data, wanted, plane_shape, pre, mirror, progress, cancel):
+        back = np.stack([resize_plane(k, cropped[1:], pre["probabilities_order"]) for k in plane_logits])
+        target[wanted[n]] = _to_labels(back, pre)
+    labels = labels.transpose(pre["transpose_backward"])
+    return labels[0] if image.ndim == 2 else labels
+
+
+def _to_labels(logits: np.ndarray, pre: dict) -> np.ndarray:
+    if pre["output"] == "softmax":
+        return logits.argmax(0)
+    probabilities = 1 / (1 + np.exp(-logits))
+    labels = np.zeros(logits.shape[1:], np.uint16)
+    for region, value in enumerate(pre["regions_class_order"]):
+        labels[probabilities[region] > 0.5] = value
+    return labels
+
+
+def _sliding_window(runner, data, wanted, plane_shape, pre, mirror, progress, cancel):
+    """Yield (n, logits (K, *plane_shape)) for each wanted slice of the normalised, cropped data, in order."""
+    tile = tuple(pre["patch_size"])
+    padded = [max(p, t) for p, t in zip(plane_shape, tile)]
+    before = [(p - s) // 2 for p, s in zip(padded, plane_shape)]
+    weights = gaussian_importance(tile)
+    starts = list(itertools.product(*(window_starts(p, t, pre["tile_step_size"]) for p, t in zip(padded, tile))))
+    counts = np.zeros(padded, np.float32)
+    for y, x in starts:
+        counts[y:y + tile[0], x:x + tile[1]] += weights
+    crop = (slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, plane_shape))
+    mirror_axes = tuple(pre["mirror_axes"]) if mirror else ()
+    jobs = [(n, start) for n in range(len(wanted)) for start in starts]
+    steps = Progress(-(-len(jobs) // runner.batch_size), "Segmenting", progress, cancel)
+    planes, sums = {}, {}
+    for first in range(0, len(jobs), runner.batch_size):
+        batch = jobs[first:first + runner.batch_size]
+        tiles = []
+        for n, (y, x) in batch:
+            if n not in planes:
+                planes[n] = _padded_plane(data, wanted[n], plane_shape, padded, before, pre["data_order"])
+            tiles.append(planes[n][:, y:y + tile[0], x:x + tile[1]])
+        for (n, (y, x)), out in zip(batch, runner(np.stack(tiles), mirror_axes)):
+            if n not in sums:
+                sums[n] = np.zeros((out.shape[0], *padded), np.float32)
+            sums[n][:, y:y + tile[0], x:x + tile[1]] += out * weights
+        steps.step()
+        done = len(wanted) if first + len(batch) == len(jobs) else jobs[first + len(batch)][0]
+        for n in sorted(m for m in sums if m < done):
+            del planes[n]
+            yield n, (sums.pop(n) / counts)[crop]
+
+
+def _padded_plane(data, index, plane_shape, padded, before, order) -> np.ndarray:
+    """One slice of all channels, resampled to the plans' spacing and zero-padded to at least the tile."""
+    plane = np.stack([resize_plane(channel[index], plane_shape, order) for channel in data]).astype(np.float32)
+    out = np.zeros((plane.shape[0], *padded), np.float32)
+    out[(slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, plane_shape))] = plane
+    return out
+
+
+# ---------------------------------------------------------------------------- VM-UNet, LVM-Med
+
+
+def _per_slice(image, planes, runner, mirror, slices, progress, cancel, prepare, finish) -> np.ndarray:
+    """Labels of each requested plane (``planes``: slices first), the network run on batches of them."""
+    indices = _slice_indices(slices, len(planes))
+    shape = image.spatial_shape[-2:]
+    labels = np.zeros((len(planes),) + shape, np.uint8)
+    steps = Progress(-(-len(indices) // runner.batch_size), "Segmenting", progress, cancel)
+    for first in range(0, len(indices), runner.batch_size):
+        batch = indices[first:first + runner.batch_size]
+        outputs = runner(np.stack([prepare(planes[i]) for i in batch]), (0, 1) if mirror else ())
+        for i, out in zip(batch, outputs):
+            labels[i] = finish(out, shape)
+        steps.step()
+    return labels[0] if image.ndim == 2 else labels
+
+
+def _predict_vm_unet(loaded, image, runner, mirror, slices, progress, cancel) -> np.ndarray:
+    """VM-UNet: each slice normalised and resized as the official loaders do."""
+    pre = loaded.preprocessing
+    channels = 3 if pre["rgb"] and image.channel_axis is not None else 1
+    data = channels_first(image, channels, ("R", "G", "B") if channels == 3 else ("grey",))
+    planes = np.moveaxis(data[:, None] if image.ndim == 2 else data, 0, 1)  # (slices, C, H, W)
+    size = tuple(pre["input_size"])
+    return _per_slice(image, planes, runner, mirror, slices, progress, cancel,
+                      lambda plane: _vm_unet_input(plane, pre, size), lambda out, shape: _vm_unet_labels(out, pre, shape))
+
+
+def _predict_lvm_med(loaded, image, runner, mirror, slices, progress, cancel) -> np.ndarray:
+    """LVM-Med U-Net: each slice through ``prepare_input`` (its PNG pipeline), arg-max, nearest back."""
+    from skimage.transform import resize
+
+    from ..models.lvm_med_unet import prepare_input
+
+    pre = loaded.preprocessing
+    planes = image.array if image.channel_axis is None else np.moveaxis(image.array, image.channel_axis, -1)
+    if image.channel_axis is not None and planes.shape[-1] not in (3, 4):
+        raise MedsegError(f"This model takes grey or RGB images; the image has {planes.shape[-1]} channels")
+    planes = planes[None] if image.ndim == 2 else planes
+
+    def finish(out, shape):
+        return resize(out.argmax(0), shape, order=0, preserve_range=True, anti_aliasing=False).astype(np.uint8)
+
+    return _per_slice(image, planes, runner, mirror, slices, progress, cancel,
+                      lambda plane: prepare_input(plane, int(pre["in_channels"]), int(pre["image_size"])), finish)
+
+
+def _vm_unet_input(plane: np.ndarray, pre: dict, size) -> np.ndarray:
+    if pre["normalization"] == "minmax_0_255":  # ISIC: (x - mean) / std then min-max: only the min-max remains
+        low, high = plane.min(), plane.max()
+        plane = (plane - low) / (high - low) * 255.0 if high > low else np.zeros_like(plane)
+        return _bilinear(plane, size)
+    low, high = pre["window"]  # Synapse: TransUNet's CT slices, HU window scaled to [0, 1]
+    plane = (np.clip(plane, low, high) - low) / (high - low)
+    from scipy.ndimage import zoom
+
+    factors = [t / s for t, s in zip(size, plane.shape[1:])]
+    return np.stack([zoom(c, factors, order=pre["resize_order"]) for c in plane]).astype(np.float32)
+
+
+def _bilinear(plane: np.ndarray, size) -> np.ndarray:
+    """torchvision's tensor resize of that era: bilinear, half-pixel centres, no anti-aliasing."""
+    import torch
+    import torch.nn.functional as F
+
+    tensor = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))[None]
+    return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)[0].numpy()
+
+
+def _vm_unet_labels(output: np.ndarray, pre: dict, shape) -> np.ndarray:
+    if pre["output"] == "probability":  # 1-class VM-UNet already returns sigmoid(logits)
+        probability = _bilinear(output, tuple(shape))[0]
+        return (probability > pre["threshold"]).astype(np.uint8)
+    from scipy.ndimage import zoom
+
+    labels = output.argmax(0)
+    return zoom(labels, [s / t for s, t in zip(shape, labels.shape)], order=0).astype(np.uint8)

@@ -1,0 +1,271 @@
+"""Chunk-parallel selective scan in plain PyTorch (any device), with an exact hand-written backward.
+
+Semantics are those of mamba's ``selective_scan_ref`` for real ``A``::
+
+    delta = softplus(delta + delta_bias)                  (each optional)
+    h_t   = exp(delta_t * A) * h_{t-1} + delta_t * u_t * B_t,   h_{-1} = 0
+    y_t   = <h_t, C_t> + D * u_t,   out = y * silu(z)     (D, z optional)
+
+The sequence is cut into chunks of ``T`` steps. A first sweep over the ``T`` steps carries every chunk
+from a zero state to its end (one tensor operation per step for all chunks and channels at once); a
+log-depth (Hillis-Steele) scan over the chunks turns these into each chunk's true start state, and a
+second sweep writes the states from there. Only products of decays ``exp(delta * A) <= 1`` are formed,
+so this is as stable as the reference recurrence (no ``exp(-cumsum(delta * A))``, which overflows for
+long chunks or fast decays). Chunks are processed in blocks sized to a memory budget, in buffers that
+are reused from block to block. The backward pass recomputes the states block by block from the saved
+block start states and runs the adjoint recurrence backwards with the same scheme.
+
+Layout: ``(batch, groups, chunks, T, N, channels per group)``: a time step of all chunks is a slice with
+contiguous runs of ``N * channels`` elements, the layout is one batched 2-D transpose of the
+``(batch, channels, L)`` inputs away, and ``<h, C>`` is a batched ``(1, N) @ (N, channels)`` product.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# elements of one (b, G, M, T, N, Dg) buffer; a block holds a few of them
+CPU_BLOCK_ELEMENTS = 1 << 21
+GPU_BLOCK_ELEMENTS = 1 << 26
+CHUNK = 16  # steps per chunk (at most): the per-step loop costs 2 * CHUNK operations per block
+
+
+def _plan(length: int, per_step: int, device: torch.device) -> tuple[int, int]:
+    """(chunk length T, chunks per block M) for ``length`` steps of ``per_step`` state elements."""
+    budget = GPU_BLOCK_ELEMENTS if device.type == "cuda" else CPU_BLOCK_ELEMENTS
+    steps = max(1, min(length, budget // max(per_step, 1)))
+    chunk = CHUNK if steps >= CHUNK * CHUNK else max(2, 1 << (math.isqrt(steps).bit_length() - 1))
+    return chunk, max(1, steps // chunk)
+
+
+def _to_chunks(x: torch.Tensor, chunk: int, groups: int) -> torch.Tensor:
+    """(b, K, L) -> (b, G, chunks, T, K // G), zero-padded to whole chunks."""
+    b, k, length = x.shape
+    if length % chunk:
+        x = F.pad(x, (0, -length % chunk))
+    x = x.reshape(b, groups, k // groups, -1).transpose(2, 3).contiguous()
+    return x.view(b, groups, -1, chunk, k // groups)
+
+
+def _from_chunks(x: torch.Tensor, length: int) -> torch.Tensor:
+    """(b, G, chunks, T, K // G) -> (b, K, length)."""
+    b, g, m, t, k = x.shape
+    return x.reshape(b, g, m * t, k).transpose(2, 3).reshape(b, g * k, m * t)[..., :length]
+
+
+class _StatePart:
+    """B or C: variable (b, G_x, N, L) / (b, N, L), or constant (D, N), laid out as (b, G, chunks, T, N)."""
+
+    def __init__(self, x: torch.Tensor, batch: int, channels: int, groups: int, chunk: int):
+        self.shape, self.dtype = x.shape, x.dtype
+        self.constant = x.dim() == 2
+        if self.constant:  # one group per channel, the same at every step
+            self.own_groups = channels
+            self.chunked = x.float().view(1, channels, 1, 1, x.shape[-1])
+            return
+        x = x.float().view(batch, -1, x.shape[-2], x.shape[-1])
+        self.own_groups = x.shape[1]
+        x = x.repeat_interleave(groups // self.own_groups, dim=1)
+        self.chunked = _to_chunks(x.reshape(batch, -1, x.shape[-1]), chunk, groups)
+
+    @staticmethod
+    def groups(x: torch.Tensor, channels: int) -> int:
+        return channels if x.dim() == 2 else 1 if x.dim() == 3 else x.shape[1]
+
+    def block(self, first: int, last: int) -> torch.Tensor:
+        return self.chunked if self.constant else self.chunked[:, :, first:last]
+
+    def gradient(self, grad: torch.Tensor, length: int) -> torch.Tensor:
+        """(b, G, chunks, T, N) gradient in the scan's groups -> the input's own shape."""
+        if self.constant:
+            return grad.sum((0, 2, 3)).to(self.dtype)
+        b, g, m, t, n = grad.shape
+        grad = _from_chunks(grad, length).view(b, self.own_groups, g // self.own_groups, n, length).sum(2)
+        return grad.reshape(self.shape).to(self.dtype)
+
+
+def _linear_scan(coef: torch.Tensor, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """s_m = coef_m * s_(m-1) + x_m along dim 2 (from the last m if ``reverse``), s before the first = 0.
+
+    Hillis-Steele doubling: log2(M) rounds of whole-tensor operations over the chunk axis.
+    """
+    if reverse:
+        coef, x = coef.flip(2), x.flip(2)
+    step, chunks = 1, x.shape[2]
+    while step < chunks:
+        x = torch.cat([x[:, :, :step], torch.addcmul(x[:, :, step:], coef[:, :, step:], x[:, :, :-step])], dim=2)
+        if 2 * step < chunks:
+            coef = torch.cat([coef[:, :, :step], coef[:, :, step:] * coef[:, :, :-step]], dim=2)
+        step *= 2
+    return x.flip(2) if reverse else x
+
+
+def _forward_states(decay: torch.Tensor, states: torch.Tensor, chunk_decay: torch.Tensor,
+                    start: torch.Tensor) -> torch.Tensor:
+    """h_t = a_t h_(t-1) + x_t for a block, in place: ``states`` holds x (b, G, M, T, N, Dg) on entry.
+
+    ``decay`` holds a, ``chunk_decay`` (b, G, M, N, Dg) its product over each chunk and ``start``
+    (b, G, N, Dg) the state before the block. Returns the state after the block.
+    """
+    steps = states.shape[3]
+    ends = states[:, :, :, 0].clone()
+    for t in range(1, steps):  # every chunk's end state from a zero start, all chunks at once
+        torch.addcmul(states[:, :, :, t], decay[:, :, :, t], ends, out=ends)
+    ends[:, :, 0].addcmul_(chunk_decay[:, :, 0], start)
+    ends = _linear_scan(chunk_decay, ends)  # true end states
+    states[:, :, :, 0].addcmul_(decay[:, :, :, 0], torch.cat([start.unsqueeze(2), ends[:, :, :-1]], dim=2))
+    for t in range(1, steps):
+        states[:, :, :, t].addcmul_(decay[:, :, :, t], states[:, :, :, t - 1])
+    return ends[:, :, -1]
+
+
+def _backward_states(decay: torch.Tensor, adjoints: torch.Tensor, chunk_decay: torch.Tensor,
+                     incoming: torch.Tensor) -> torch.Tensor:
+    """g_t = a_(t+1) g_(t+1) + x_t for a block, in place: ``adjoints`` holds x on entry.
+
+    ``incoming`` (b, G, N, Dg) is a g at the first step after the block; returns the same for the
+    block's own first step.
+    """
+    steps = adjoints.shape[3]
+    firsts = adjoints[:, :, :, -1].clone()
+    for t in range(steps - 2, -1, -1):  # every chunk's first adjoint without the later chunks
+        torch.addcmul(adjoints[:, :, :, t], decay[:, :, :, t + 1], firsts, out=firsts)
+    flows = decay[:, :, :, 0] * firsts  # a g at each chunk's first step
+    flows[:, :, -1].addcmul_(chunk_decay[:, :, -1], incoming)
+    flows = _linear_scan(chunk_decay, flows, reverse=True)
+    adjoints[:, :, :, -1] += torch.cat([flows[:, :, 1:], incoming.unsqueeze(2)], dim=2)
+    for t in range(steps - 2, -1, -1):
+        adjoints[:, :, :, t].addcmul_(decay[:, :, :, t + 1], adjoints[:, :, :, t + 1])
+    return flows[:, :, 0]
+
+
+class _Problem:
+    """Inputs in the chunked layout, and the blocks of chunks; shared by forward and backward."""
+
+    def __init__(self, u, delta, A, B, C, delta_bias, delta_softplus):
+        if A.is_complex():
+            raise NotImplementedError("The PyTorch selective scan supports real A only (as every VMamba model)")
+        self.batch, self.channels, self.length = u.shape
+        self.state_size = A.shape[1]
+        groups = max(_StatePart.groups(B, self.channels), _StatePart.groups(C, self.channels))
+        if self.channels % groups or any(groups % _StatePart.groups(x, self.channels) for x in (B, C)):
+            raise ValueError(f"B/C groups of shapes {tuple(B.shape)}, {tuple(C.shape)} do not fit "
+                             f"{self.channels} channels")
+        self.groups = groups
+        self.chunk, self.block_chunks = _plan(self.length, self.batch * self.channels * self.state_size, u.device)
+        raw = delta.float() if delta_bias is None else delta.float() + delta_bias.float()[:, None]
+        self.raw_delta = raw
+        delta = F.softplus(raw) if delta_softplus else raw
+        self.delta = delta
+        self.u = u.float()
+        self.delta_chunks = _to_chunks(delta, self.chunk, groups).unsqueeze(-2)  # (b, G, chunks, T, 1, Dg)
+        self.delta_u_chunks = _to_chunks(delta * self.u, self.chunk, groups).unsqueeze(-2)
+        self.B = _StatePart(B, self.batch, self.channels, groups, self.chunk)
+        self.C = _StatePart(C, self.batch, self.channels, groups, self.chunk)
+        # A as (1, G, 1, 1, N, Dg) to broadcast over (b, G, M, T, N, Dg)
+        self.A = A.float().view(groups, self.channels // groups, self.state_size).transpose(1, 2)[None, :, None, None]
+        chunks = self.delta_chunks.shape[2]
+        self.blocks = [(m, min(m + self.block_chunks, chunks)) for m in range(0, chunks, self.block_chunks)]
+
+    def buffers(self, count: int) -> list[torch.Tensor]:
+        """``count`` reusable (b, G, M, T, N, Dg) block buffers (allocated once: they stay in cache)."""
+        b, g, _, t, _, dg = self.delta_chunks.shape
+        shape = (b, g, self.block_chunks, t, self.state_size, dg)
+        return [self.u.new_empty(shape) for _ in range(count)]
+
+    def inputs(self, first: int, last: int, decay: torch.Tensor, inputs: torch.Tensor):
+        """Decays a, inputs delta*u*B (into the buffers) and chunk decays of chunks [first, last)."""
+        decay, inputs = decay[:, :, :last - first], inputs[:, :, :last - first]
+        delta = self.delta_chunks[:, :, first:last]
+        torch.mul(delta, self.A, out=decay).exp_()
+        torch.mul(self.delta_u_chunks[:, :, first:last], self.B.block(first, last).unsqueeze(-1), out=inputs)
+        chunk_decay = torch.mul(delta.sum(3), self.A[:, :, :, 0]).exp_()
+        return decay, inputs, chunk_decay
+
+    def zero_state(self) -> torch.Tensor:
+        return self.u.new_zeros(self.batch, self.groups, self.state_size, self.channels // self.groups)
+
+
+class SelectiveScanFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        p = _Problem(u, delta, A, B, C, delta_bias, delta_softplus)
+        y = torch.empty_like(p.delta_chunks)
+        state = p.zero_state()
+        starts = []
+        buffers = p.buffers(2)
+        for first, last in p.blocks:
+            starts.append(state)
+            decay, states, chunk_decay = p.inputs(first, last, *buffers)
+            state = _forward_states(decay, states, chunk_decay, state)
+            y[:, :, first:last] = torch.matmul(p.C.block(first, last).unsqueeze(-2), states)
+        y = _from_chunks(y.squeeze(-2), p.length)
+        if D is not None:
+            y = y + p.u * D.float()[:, None]
+        out = y if z is None else y * F.silu(z.float())
+        last_state = state.transpose(2, 3).reshape(p.batch, p.channels, p.state_size)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, y if z is not None else None, torch.stack(starts))
+        ctx.delta_softplus = delta_softplus
+        ctx.mark_non_differentiable(last_state)
+        return out.to(u.dtype), last_state
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_last_state):
+        u, delta, A, B, C, D, z, delta_bias, y, starts = ctx.saved_tensors
+        p = _Problem(u, delta, A, B, C, delta_bias, ctx.delta_softplus)
+        grad_out = grad_out.float()
+        grad_z = None
+        if z is not None:
+            sig = torch.sigmoid(z.float())
+            grad_z = (grad_out * y * sig * (1 + z.float() * (1 - sig))).to(z.dtype)
+            grad_out = grad_out * z.float() * sig
+        grad_y = _to_chunks(grad_out, p.chunk, p.groups).unsqueeze(-2)  # (b, G, chunks, T, 1, Dg)
+        u_chunks = _to_chunks(p.u, p.chunk, p.groups).unsqueeze(-2)
+        grad_u = torch.empty_like(grad_y)
+        grad_delta = torch.empty_like(grad_y)
+        grad_B = torch.empty(grad_y.shape[:4] + (p.state_size,), device=u.device)
+        grad_C = torch.empty_like(grad_B)
+        grad_A = torch.zeros_like(p.A[0, :, 0, 0])  # (G, N, Dg)
+        flow = torch.zeros_like(starts[0])
+        buffers = p.buffers(3)
+        for index in range(len(p.blocks) - 1, -1, -1):
+            first, last = p.blocks[index]
+            part = (slice(None), slice(None), slice(first, last))
+            decay, states, chunk_decay = p.inputs(first, last, *buffers[:2])
+            _forward_states(decay, states, chunk_decay, starts[index])
+            grad_C[part] = torch.matmul(states, grad_y[part].transpose(-1, -2)).squeeze(-1)
+            adjoints = torch.mul(p.C.block(first, last).unsqueeze(-1), grad_y[part],
+                                 out=buffers[2][:, :, :last - first])
+            flow = _backward_states(decay, adjoints, chunk_decay, flow)
+            grad_B[part] = torch.matmul(adjoints, p.delta_u_chunks[part].transpose(-1, -2)).squeeze(-1)
+            B_rows = p.B.block(first, last).unsqueeze(-2)  # (b, G, M, T, 1, N)
+            B_adjoint = torch.matmul(B_rows, adjoints)  # sum_n B g
+            grad_u[part] = B_adjoint * p.delta_chunks[part]
+            # a_t h_(t-1) = h_t - delta_t u_t B_t: the decay's share of d/d(delta) is sum_n A a_t h_(t-1) g_t
+            states.sub_(p.delta_u_chunks[part] * B_rows.transpose(-1, -2)).mul_(adjoints)
+            grad_A += torch.mul(states, p.delta_chunks[part], out=decay).sum((0, 2, 3))
+            grad_delta[part] = B_adjoint * u_chunks[part] + states.mul_(p.A).sum(-2, keepdim=True)
+        grad_u = _from_chunks(grad_u.squeeze(-2), p.length)
+        grad_delta = _from_chunks(grad_delta.squeeze(-2), p.length)
+        grad_D = None
+        if D is not None:
+            grad_D = (grad_out * p.u).sum((0, 2)).to(D.dtype)
+            grad_u = grad_u + grad_out * D.float()[:, None]
+        if ctx.delta_softplus:
+            grad_delta = grad_delta * torch.sigmoid(p.raw_delta)
+        grad_bias = grad_delta.sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
+        grad_A = grad_A.transpose(1, 2).reshape(A.shape).to(A.dtype)
+        return (grad_u.to(u.dtype), grad_delta.to(delta.dtype), grad_A, p.B.gradient(grad_B, p.length),
+                p.C.gradient(grad_C, p.length), grad_D, grad_z, grad_bias, None)
+
+
+@torch.compiler.disable  # a loop of many small operations: tracing it would only unroll it
+def chunked_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                           return_last_state=False):
+    """mamba's ``selective_scan_fn`` in PyTorch: shapes u, delta (b, D, L); A (D, N); B, C (b, G, N, L),
+    (b, N, L) or (D, N); D (D,); z (b, D, L); delta_bias (D,). Returns out (b, D, L) in u's dtype and,
+    if asked, the last state (b, D, N) in fp32."""
+    out, last_state = SelectiveScanFunction.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return (out, last_state) if return_last_state else out
