@@ -62,8 +62,8 @@ def test_prompts_without_image_warn(viewer_widget, monkeypatch):
 def test_box_on_volume_slice_and_propagate(viewer_widget):
     viewer, widget = viewer_widget
     mr = read_image(sample_path("brain_mr"))
-    small = mr.with_array(mr.array[78:102:2, ::2, ::2].copy())  # 12 axial slices
-    small.spacing = tuple(s * 2 for s in mr.spacing)
+    small = mr.with_array(mr.array[84:96, ::2, ::2].copy())  # 12 axial slices of 1 mm, 2 mm pixels
+    small.spacing = (mr.spacing[0] * 2, mr.spacing[1] * 2, mr.spacing[2])
     data, kwargs, _ = image_layer_data(small, name="brain")
     viewer.add_image(data, **kwargs)
     viewer.dims.set_point(0, viewer.layers["brain"].data_to_world((6, 0, 0))[0])
