@@ -39,6 +39,7 @@ class SegmentWidget(QWidget):
         self.viewer.bind_key("b", lambda _viewer: self.draw_box(), overwrite=True)
         self._refresh_layers()
         self._model_changed()
+        self._find_devices()
 
     # ---- layout -----------------------------------------------------------------------------
     def _build(self) -> None:
@@ -77,6 +78,10 @@ class SegmentWidget(QWidget):
         from .report_box import ReportBox
 
         self.report_box = ReportBox()
+        self.tokenizer_button = QPushButton("Tokenizer folder...")
+        self.tokenizer_button.setToolTip("Folder with the text model's tokenizer files (not in the checkpoint); "
+                                         "default: the Hugging Face cache")
+        self.tokenizer_folder: str | None = None
         self.automatic_button = QPushButton("Run automatic segmentation")
         self.scope_combo = QComboBox()
         self.scope_combo.addItems(["whole image", "current slice"])
@@ -87,6 +92,7 @@ class SegmentWidget(QWidget):
             row.addWidget(button)
         grid.addLayout(row)
         grid.addWidget(self.report_box)
+        grid.addWidget(self.tokenizer_button)
         grid.addWidget(self.auto_check)
         grid.addWidget(self.segment_button)
         grid.addWidget(self.propagate_button)
@@ -134,6 +140,22 @@ class SegmentWidget(QWidget):
         self.undo_button.clicked.connect(self.undo)
         self.clear_button.clicked.connect(self.clear_prompts)
         self.finetune_button.clicked.connect(self.open_finetune)
+        self.tokenizer_button.clicked.connect(self.choose_tokenizer)
+
+    def _find_devices(self) -> None:
+        """List CUDA/MPS devices without blocking the viewer (importing torch takes seconds)."""
+        from napari.qt.threading import create_worker
+
+        from ..device import available_devices
+
+        def add(devices):
+            for device in devices:
+                if self.device_combo.findText(device) < 0:
+                    self.device_combo.addItem(device)
+
+        worker = create_worker(available_devices)
+        worker.returned.connect(add)
+        worker.start()
 
     # ---- helpers ----------------------------------------------------------------------------
     def _notify(self, level: str, message: str) -> None:
@@ -180,6 +202,7 @@ class SegmentWidget(QWidget):
             widget.setVisible(prompt_model)
         self.propagate_button.setVisible(card.task == "box2d")
         self.report_box.setVisible(card.task == "text2d")
+        self.tokenizer_button.setVisible(card.task == "text2d")
         for widget in (self.pos_button, self.neg_button):
             widget.setVisible(card.task == "box2d" and card.family != "lite_medsam")
         self.automatic_button.setVisible(card.task in ("auto2d", "auto3d"))
@@ -337,8 +360,9 @@ class SegmentWidget(QWidget):
             from ..models.load import load_model
             from ..segmentation import segment
 
-            labels = segment(image, load_model(card.id, device=device), box=(*box, index) if axis == 0 else box,
-                             report=report)
+            options = {"tokenizer": self.tokenizer_folder} if self.tokenizer_folder else {}
+            labels = segment(image, load_model(card.id, device=device, **options),
+                             box=(*box, index) if axis == 0 else box, report=report)
             return labels[index] > 0 if axis == 0 else labels > 0
 
         self.runner.run(job, lambda mask: self._write_mask(image_layer, image, axis, index, mask, prompt),
@@ -495,6 +519,14 @@ class SegmentWidget(QWidget):
         if hasattr(widget, "select_model"):
             widget.select_model(self.card.id)
         return widget
+
+    def choose_tokenizer(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        folder = QFileDialog.getExistingDirectory(self, "Folder with tokenizer files (vocab.txt, tokenizer.json)")
+        if folder:
+            self.tokenizer_folder = folder
+            self.tokenizer_button.setText(f"Tokenizer: {folder}")
 
     def install_weights(self) -> None:
         from ..models.weights import install_from_file

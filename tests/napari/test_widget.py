@@ -111,3 +111,46 @@ def test_automatic_3d_shows_named_classes_and_legend(viewer_widget, tmp_path):
     assert legend.visible_labels() == found[:1]
     hidden = found[1] if len(found) > 1 else 117
     assert layer.colormap.map(hidden)[..., 3] == 0 and layer.colormap.map(found[0])[..., 3] == 1
+
+
+def test_typed_report_through_the_segment_widget(viewer_widget, tmp_path):
+    """LLM-Swin-UMamba (project-trained layout, offline MiniLM text tower): type a report, draw a box."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from napari_medseg.io.image import Image
+    from napari_medseg.models import llm_swin_umamba as llm
+    from napari_medseg.models import weights
+    from napari_medseg.models.registry import get_card
+
+    case = Path(__file__).resolve().parents[1] / "conformance_cases" / "llm_swin_umamba_dec2025" / "case.json"
+    nnunet = json.loads(case.read_text())["nnunet"]
+    torch.manual_seed(0)
+    network = llm.new_network()
+    with torch.no_grad():  # a head that calls every pixel it sees a lesion, so the mask is the crop
+        network.out_layers[0].conv.conv.bias[:] = torch.tensor([0.0, 1e4])
+    path = tmp_path / "checkpoint_final.pth"
+    torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainerSwinUMamba",
+                "init_args": {"plans": nnunet["plans"], "configuration": "2d", "fold": "all",
+                              "dataset_json": nnunet["dataset_json"]},
+                "inference_allowed_mirroring_axes": [0, 1], "medseg": llm.checkpoint_metadata(network)}, path)
+    weights.install_from_file(get_card("llm-swin-umamba"), path)
+
+    viewer, widget = viewer_widget
+    volume = np.full((3, 300, 300), -1000, dtype=np.int16)
+    volume[:, 20:280, 20:280] = 40
+    ct = Image(volume, (0.8, 0.8, 5.0), (0.0, 0.0, 0.0), np.eye(3), modality="CT", intensity="HU")
+    data, kwargs, _ = image_layer_data(ct, name="ct")
+    viewer.add_image(data, **kwargs)
+    widget.model_combo.setCurrentIndex(widget.model_combo.findData("llm-swin-umamba"))
+    widget.report_box.set_text("Abdomen, liver, hypoattenuating mass")
+    viewer.dims.set_point(0, viewer.layers["ct"].data_to_world((1, 0, 0))[0])
+    draw(viewer, widget, (1, 140, 140), (1, 160, 160))
+    labels = viewer.layers["ct labels"]
+    assert labels.data[1].any() and not labels.data[[0, 2]].any()
+    rows, cols = np.nonzero(labels.data[1])
+    assert rows.min() >= 150 - 128 and rows.max() < 150 + 128  # inside the 256 x 256 lesion crop
+    (prompt,) = labels.metadata["medseg"]["prompts"]
+    assert prompt["report"] == "Abdomen, liver, hypoattenuating mass" and prompt["model"] == "llm-swin-umamba"
