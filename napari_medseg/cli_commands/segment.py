@@ -34,7 +34,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     parser.add_argument("--manifest", help="run manifest JSON (default: OUTPUT_FOLDER/medseg_run.json)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    parser.add_argument("--devices", help="split the cases over these CUDA devices, e.g. 0,1")
+    parser.add_argument("--devices", help="split the cases over these devices, one process each: CUDA indices "
+                        "(0,1) or device names (cuda:0,cpu)")
 
 
 def _prompt_kwargs(args) -> dict:
@@ -146,7 +147,7 @@ def _run_on_devices(args, cases, out_dir, kwargs):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    devices = [f"cuda:{d.strip()}" for d in args.devices.split(",") if d.strip()]
+    devices = [f"cuda:{d}" if d.isdigit() else d for d in (d.strip() for d in args.devices.split(",")) if d]
     from ..device import resolve_device
 
     for d in devices:
