@@ -62,6 +62,7 @@ class FinetuneWidget(QWidget):
         self.store = None
         self.run: TrainingRun | None = None
         self._saved: dict[str, str] = {}  # labels layer name -> digest of what was last saved
+        self._prompts_saved: dict[str, int] = {}  # labels layer name -> prompts already stored
         self._reviewed: dict[str, set[int]] = {}  # labels layer name -> slices marked reviewed
         self._plotted = None
         self._build()
@@ -284,12 +285,18 @@ class FinetuneWidget(QWidget):
             from ..training.store import labelled_slices
 
             reviewed = {"all": False, "slices": sorted(set(labelled_slices(data)) | self._reviewed.get(labels_layer.name, set()))}
+        # prompts (boxes, points, reports) recorded by the Segment widget; each is stored once
+        prompts = labels_layer.metadata.get(META_KEY, {}).get("prompts", [])
+        new_prompts = prompts[self._prompts_saved.get(labels_layer.name, 0):]
+        reports = [p["report"] for p in prompts if p.get("report")]
         try:
-            self.store.save(image, data, classes={int(k): str(v) for k, v in names.items()}, reviewed=reviewed)
+            self.store.save(image, data, classes={int(k): str(v) for k, v in names.items()}, reviewed=reviewed,
+                            prompts=new_prompts or None, report=reports[-1] if reports else None)
         except MedsegError as exc:
             self._notify("error", f"Could not save the labels: {exc}")
             return False
         self._saved[labels_layer.name] = digest
+        self._prompts_saved[labels_layer.name] = len(prompts)
         self.refresh_counts()
         if notify:
             self._notify("info", f"Saved {labels_layer.name} to {self.store.folder.name}")

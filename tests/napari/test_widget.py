@@ -154,3 +154,13 @@ def test_typed_report_through_the_segment_widget(viewer_widget, tmp_path):
     assert rows.min() >= 150 - 128 and rows.max() < 150 + 128  # inside the 256 x 256 lesion crop
     (prompt,) = labels.metadata["medseg"]["prompts"]
     assert prompt["report"] == "Abdomen, liver, hypoattenuating mass" and prompt["model"] == "llm-swin-umamba"
+    # the report and the box travel into the annotation store with the labels
+    finetune = widget.open_finetune()
+    finetune.open_project(tmp_path / "project")
+    finetune.image_combo.setCurrentText("ct")
+    finetune.labels_combo.setCurrentText("ct labels")
+    assert finetune.save_labels(notify=True)
+    (entry,) = finetune.store.entries()
+    assert entry.report == "Abdomen, liver, hypoattenuating mass"
+    assert [p["model"] for p in entry.prompts] == ["llm-swin-umamba"]
+    assert not finetune.save_labels()  # unchanged labels are not saved twice
