@@ -215,13 +215,15 @@ class SegmentWidget(QWidget):
         return self.viewer.layers[name]
 
     def _image(self, layer):
-        image = reference_image(np.asarray(layer.data), layer.metadata, {"scale": layer.scale, "translate": layer.translate,
-                                                                         "affine": layer.affine.affine_matrix})
+        data = np.asarray(layer.data)
+        spatial = data[..., 0] if layer.rgb else data  # geometry is spatial; colour is the last axis
+        image = reference_image(spatial, layer.metadata, {"scale": layer.scale, "translate": layer.translate,
+                                                          "affine": layer.affine.affine_matrix})
         info = layer.metadata.get(META_KEY, {})
         image.intensity = "rgb" if layer.rgb else info.get("intensity", "raw")
         image.modality = info.get("modality", image.modality)
         if layer.rgb:
-            image = image.with_array(np.asarray(layer.data), channel_axis=-1, intensity="rgb")
+            image = image.with_array(data, channel_axis=-1, intensity="rgb")
         return image
 
     def _apply_window(self, name: str) -> None:

@@ -164,3 +164,40 @@ def test_typed_report_through_the_segment_widget(viewer_widget, tmp_path):
     assert entry.report == "Abdomen, liver, hypoattenuating mass"
     assert [p["model"] for p in entry.prompts] == ["llm-swin-umamba"]
     assert not finetune.save_labels()  # unchanged labels are not saved twice
+
+
+def test_automatic_2d_on_a_colour_image(viewer_widget, tmp_path):
+    """VM-UNet (ISIC layout, random weights) in the widget's automatic mode on the fundus sample."""
+    import torch
+
+    from napari_medseg.models import weights
+    from napari_medseg.models.registry import get_card
+    from napari_medseg.models.vm_unet import VMUNet
+
+    torch.manual_seed(0)
+    network = VMUNet(input_channels=3, num_classes=1)
+    with torch.no_grad():  # a head that calls everything lesion: the mask must cover the whole photo
+        network.vmunet.final_conv.bias.fill_(50.0)
+    path = tmp_path / "best.pth"
+    torch.save(network.state_dict(), path)
+    weights.install_from_file(get_card("vm-unet-isic"), path)
+
+    viewer, widget = viewer_widget
+    (image_layer,) = viewer.open_sample(PLUGIN, "fundus")
+    widget.model_combo.setCurrentIndex(widget.model_combo.findData("vm-unet-isic"))
+    widget.run_automatic()
+    widget.runner.wait(300000)
+    layer = viewer.layers[f"{image_layer.name} vm-unet-isic"]
+    assert layer.data.shape == image_layer.data.shape[:2]
+    assert layer.data.mean() > 0.99
+    assert list(layer.features["name"]) == ["background", "lesion"]
+
+
+def test_box_on_a_colour_photo(viewer_widget):
+    viewer, widget = viewer_widget
+    (photo,) = viewer.open_sample(PLUGIN, "fundus")
+    draw(viewer, widget, (600, 1000), (800, 1250))  # the optic disc of scikit-image's retina
+    mask = viewer.layers[f"{photo.name} labels"].data == 1
+    assert mask.shape == photo.data.shape[:2] and mask.any()
+    rows, cols = np.nonzero(mask)
+    assert rows.min() >= 590 and rows.max() <= 810 and cols.min() >= 990 and cols.max() <= 1260
