@@ -73,6 +73,11 @@ class LabelLegend(QWidget):
         text = text.strip().lower()
         for item in self._items.values():
             item.setHidden(bool(text) and text not in item.text(0).lower())
+        root = self.tree.invisibleRootItem()
+        for i in range(root.childCount()):  # a group with no matching structure disappears too
+            group = root.child(i)
+            if group.childCount():
+                group.setHidden(all(group.child(j).isHidden() for j in range(group.childCount())))
 
     def _changed(self, item, _column) -> None:
         self._apply()

@@ -106,6 +106,12 @@ def test_automatic_3d_shows_named_classes_and_legend(viewer_widget, tmp_path):
     assert layer.data.shape == data.shape and layer.data.any()
     assert list(layer.features["name"][:3]) == [names[0], names[1], names[2]]
     legend = widget.legend
+    legend.search.setText("vertebrae_L")
+    shown = [item.text(0) for item in legend._items.values() if not item.isHidden()]
+    assert shown and all("vertebrae_L" in text for text in shown)
+    groups = legend.tree.invisibleRootItem()
+    assert [groups.child(i).text(0) for i in range(groups.childCount()) if not groups.child(i).isHidden()] == ["vertebrae"]
+    legend.search.setText("")
     found = sorted(int(v) for v in np.unique(layer.data) if v)
     legend.set_visible(found[:1])
     assert legend.visible_labels() == found[:1]
