@@ -284,16 +284,7 @@ class NnUNetAdapter(SliceAdapter):
                 "normalization": "nnU-Net plans in the checkpoint"}
 
     def save(self, path: Path, extra: dict | None = None) -> Path:
-        from napari_medseg.models.nnunet_checkpoint import save_nnunet_checkpoint
-
-        set_deep_supervision(self.network, False)
-        temp = path.with_name(f".{path.name}.tmp")
-        save_nnunet_checkpoint(temp, self.network.state_dict(), trainer_name=self.record["trainer_name"],
-                               plans=self.record["plans"], configuration=self.record["configuration"],
-                               dataset_json=self.record["dataset_json"], epoch=int((extra or {}).get("steps", 0)),
-                               mirror_axes=self.record["mirror_axes"], logging={"napari_medseg": dict(extra or {})})
-        temp.replace(path)
-        return path
+        return save_nnunet_network(self.network, self.record, path, extra)
 
 
 # --------------------------------------------------------------------------- VM-UNet
@@ -460,3 +451,20 @@ class LvmMedUNetAdapter(SliceAdapter):
 
     def save(self, path: Path, extra: dict | None = None) -> Path:
         return atomic_torch_save({k: v.detach().cpu() for k, v in self.network.state_dict().items()}, path)
+
+
+def save_nnunet_network(network, record: dict, path: Path, extra: dict | None = None,
+                        top_level: dict | None = None) -> Path:
+    """An nnU-Net-family network saved atomically as ``checkpoint_final.pth`` from its source ``record``
+    (trainer name, plans, configuration, dataset.json, mirror axes); ``top_level`` adds entries such as
+    the text tower's metadata."""
+    from napari_medseg.models.nnunet_checkpoint import save_nnunet_checkpoint
+
+    set_deep_supervision(network, False)
+    temp = path.with_name(f".{path.name}.tmp")
+    save_nnunet_checkpoint(temp, network.state_dict(), trainer_name=record["trainer_name"], plans=record["plans"],
+                           configuration=record["configuration"], dataset_json=record["dataset_json"],
+                           epoch=int((extra or {}).get("steps", 0)), mirror_axes=record["mirror_axes"],
+                           logging={"napari_medseg": dict(extra or {})}, extra=top_level)
+    temp.replace(path)
+    return path

@@ -14,7 +14,7 @@ from torch import nn
 
 from napari_medseg.errors import MedsegError
 
-from .auto2d import _nnunet_record, _unique_names, nnunet_plans, set_deep_supervision
+from .auto2d import _nnunet_record, _unique_names, nnunet_plans, save_nnunet_network, set_deep_supervision
 from .datasets import Case, box_of, class_names, jittered_box, object_samples
 from .families import Adapter, consecutive, dice_score, head_classes, label_lookup
 from .losses import DeepSupervisionLoss, DiceCELoss
@@ -150,16 +150,6 @@ class TextAdapter(Adapter):
 
     def save(self, path: Path, extra: dict | None = None) -> Path:
         from napari_medseg.models.llm_swin_umamba import METADATA_KEY, checkpoint_metadata
-        from napari_medseg.models.nnunet_checkpoint import save_nnunet_checkpoint
 
-        set_deep_supervision(self.network, False)
-        temp = path.with_name(f".{path.name}.tmp")
-        save_nnunet_checkpoint(temp, self.network.state_dict(), trainer_name=self.record["trainer_name"],
-                               plans=self.record["plans"], configuration=self.record["configuration"],
-                               dataset_json=self.record["dataset_json"], epoch=int((extra or {}).get("steps", 0)),
-                               mirror_axes=self.record["mirror_axes"], logging={"napari_medseg": dict(extra or {})})
-        checkpoint = torch.load(temp, map_location="cpu", weights_only=True)
-        checkpoint[METADATA_KEY] = checkpoint_metadata(self.network)
-        torch.save(checkpoint, temp)
-        temp.replace(path)
-        return path
+        return save_nnunet_network(self.network, self.record, path, extra,
+                                   top_level={METADATA_KEY: checkpoint_metadata(self.network)})

@@ -177,8 +177,12 @@ def parse_nnunet_checkpoint(state, path: Path | None = None) -> NnUNetCheckpoint
 def save_nnunet_checkpoint(path: str | Path, network_weights: dict, *, trainer_name: str, plans: dict,
                            configuration: str, dataset_json: dict, fold="all", epoch: int = 0,
                            mirror_axes=(0, 1), optimizer_state: dict | None = None,
-                           grad_scaler_state: dict | None = None, logging: dict | None = None) -> Path:
-    """Write ``network_weights`` as nnU-Net v2's trainer does, readable by nnU-Net and by this package."""
+                           grad_scaler_state: dict | None = None, logging: dict | None = None,
+                           extra: dict | None = None) -> Path:
+    """Write ``network_weights`` as nnU-Net v2's trainer does, readable by nnU-Net and by this package.
+
+    ``extra`` adds top-level entries (e.g. this package's ``"medseg"`` metadata) that nnU-Net ignores.
+    """
     import torch
 
     _resolve_configuration(plans, configuration)  # refuse plans nnU-Net could not use
@@ -202,6 +206,7 @@ def save_nnunet_checkpoint(path: str | Path, network_weights: dict, *, trainer_n
         },
         "trainer_name": trainer_name,
         "inference_allowed_mirroring_axes": tuple(mirror_axes) if mirror_axes is not None else None,
+        **(extra or {}),
     }
     torch.save(checkpoint, path)
     return path
