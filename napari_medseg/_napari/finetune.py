@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import MedsegError
+from .combos import fill_combo
 from .layers import META_KEY, labels_layer_kwargs, reference_image
 
 BUDGET_UNITS = {"epochs": "--epochs", "minutes": "--time", "steps": "--steps"}
@@ -199,15 +200,8 @@ class FinetuneWidget(QWidget):
         return [layer for layer in self.viewer.layers if isinstance(layer, cls)]
 
     def _refresh_layers(self, *_):
-        for combo, layers in ((self.image_combo, self._layers("image")), (self.labels_combo, self._layers("labels"))):
-            current = combo.currentText()
-            names = [layer.name for layer in layers]
-            combo.blockSignals(True)
-            combo.clear()
-            combo.addItems(names)
-            if current in names:
-                combo.setCurrentText(current)
-            combo.blockSignals(False)
+        fill_combo(self.image_combo, [layer.name for layer in self._layers("image")])
+        fill_combo(self.labels_combo, [layer.name for layer in self._layers("labels")])
         self.refresh_counts()
 
     def _layer_inserted(self, event):

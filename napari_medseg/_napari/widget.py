@@ -11,6 +11,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import PromptError
 from ..inference.intensity import CT_WINDOWS, window_limits
+from .combos import fill_combo
 from .layers import META_KEY, labels_layer_kwargs, placement, reference_image
 from .runner import TaskRunner
 
@@ -172,17 +173,8 @@ class SegmentWidget(QWidget):
     def _refresh_layers(self, *_):
         from napari.layers import Labels
 
-        for combo, names in (
-            (self.image_combo, [layer.name for layer in self._image_layers()]),
-            (self.labels_combo, [NEW_LABELS, *(layer.name for layer in self.viewer.layers if isinstance(layer, Labels))]),
-        ):
-            current = combo.currentText()
-            combo.blockSignals(True)
-            combo.clear()
-            combo.addItems(names)
-            if current in names:
-                combo.setCurrentText(current)
-            combo.blockSignals(False)
+        fill_combo(self.image_combo, [layer.name for layer in self._image_layers()])
+        fill_combo(self.labels_combo, [NEW_LABELS, *(layer.name for layer in self.viewer.layers if isinstance(layer, Labels))])
 
     @property
     def card(self):
