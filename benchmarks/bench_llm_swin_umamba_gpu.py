@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gpu_timing import cuda_ms, graphed
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TOKENIZER = REPO / "tests" / "conformance_cases" / "llm_swin_umamba_dec2025" / "tokenizer"
@@ -52,38 +53,6 @@ def random_dec2025_model(tokenizer: Path):
              "inference_allowed_mirroring_axes": [0, 1],
              "init_args": {"plans": nnunet["plans"], "configuration": "2d", "dataset_json": nnunet["dataset_json"]}}
     return llm.build(state, "llm_swin_umamba", tokenizer=tokenizer)
-
-
-def cuda_ms(fn, iterations: int) -> float:
-    times = []
-    for _ in range(iterations):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(stop))
-    return float(np.median(times))
-
-
-def graphed(forward, x):
-    """``forward`` captured as one CUDA graph on a static input; returns a replaying callable."""
-    static_x = x.clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            forward(static_x)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = forward(static_x)
-
-    def replay(new_x):
-        static_x.copy_(new_x)
-        graph.replay()
-        return static_out
-    return replay
 
 
 def main():

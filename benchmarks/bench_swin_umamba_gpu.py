@@ -20,6 +20,7 @@ import contextlib
 import os
 
 import torch
+from gpu_timing import cuda_ms, graphed
 
 from napari_medseg.models import scan
 
@@ -34,19 +35,6 @@ def build(family: str, checkpoint: str | None):
 
     torch.manual_seed(0)
     return (SwinUMamba(1, 14) if family == "swin_umamba" else SwinUMambaD(1, 14)), 1
-
-
-def cuda_time(fn, iterations: int) -> float:
-    """Median milliseconds per call, by CUDA events."""
-    times = []
-    for _ in range(iterations):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(stop))
-    return sorted(times)[len(times) // 2]
 
 
 def flops_of(network, x) -> int:
@@ -69,26 +57,6 @@ def scan_backend(name: str):
             os.environ.pop("NAPARI_MEDSEG_SCAN")
         else:
             os.environ["NAPARI_MEDSEG_SCAN"] = old
-
-
-def graphed(forward, x):
-    """The forward captured as one CUDA graph on a static input; returns a replaying callable."""
-    static_x = x.clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            forward(static_x)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = forward(static_x)
-
-    def replay(new_x):
-        static_x.copy_(new_x)
-        graph.replay()
-        return static_out
-    return replay
 
 
 def main():
@@ -139,7 +107,7 @@ def main():
         for name, fn in variants.items():
             try:
                 agreement = (fn(x).argmax(1) == reference).float().mean().item()
-                ms = cuda_time(lambda: fn(x), args.iterations)
+                ms = cuda_ms(lambda: fn(x), args.iterations)
             except Exception as exc:
                 print(f"  {name:22s} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
                 continue
@@ -152,7 +120,7 @@ def main():
                 continue
             with scan_backend(name):
                 outputs[name] = fp32(x)
-                ms = cuda_time(lambda: fp32(x), max(3, args.iterations // 4))
+                ms = cuda_ms(lambda: fp32(x), max(3, args.iterations // 4))
             print(f"  fp32 forward, scan {name:10s} {ms:9.2f} ms")
         if len(outputs) == 2:
             diff = (outputs["torch"] - outputs["mamba_ssm"]).abs().max() / outputs["mamba_ssm"].abs().max()
