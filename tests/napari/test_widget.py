@@ -202,8 +202,8 @@ def test_automatic_2d_on_a_colour_image(viewer_widget, tmp_path):
 def test_box_on_a_colour_photo(viewer_widget):
     viewer, widget = viewer_widget
     (photo,) = viewer.open_sample(PLUGIN, "fundus")
-    draw(viewer, widget, (600, 1000), (800, 1250))  # the optic disc of scikit-image's retina
+    draw(viewer, widget, (560, 180), (730, 350))  # the optic disc of scikit-image's retina
     mask = viewer.layers[f"{photo.name} labels"].data == 1
-    assert mask.shape == photo.data.shape[:2] and mask.any()
+    assert mask.shape == photo.data.shape[:2] and mask.sum() > 2000
     rows, cols = np.nonzero(mask)
-    assert rows.min() >= 590 and rows.max() <= 810 and cols.min() >= 990 and cols.max() <= 1260
+    assert rows.min() >= 550 and rows.max() <= 740 and cols.min() >= 170 and cols.max() <= 360
