@@ -90,7 +90,10 @@ class _Runner:
     """Runs the network on batches of tiles, with autocast on CUDA as nnU-Net does."""
 
     def __init__(self, network, device, batch_size: int):
-        self.network, self.device, self.batch_size = network, device, batch_size
+        from .cuda_graphs import GraphCache
+
+        self.device, self.batch_size = device, batch_size
+        self.forward = GraphCache(network)  # on CUDA: one graph per batch shape, replayed
 
     def __call__(self, tiles: np.ndarray, mirror_axes=()) -> np.ndarray:
         """(n, C, h, w) float32 -> (n, K, h, w) float32 network outputs, averaged over the mirrorings."""
@@ -98,11 +101,11 @@ class _Runner:
 
         x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device)
         with torch.inference_mode(), torch.autocast("cuda", enabled=self.device.type == "cuda"):
-            out = self.network(x).float()
+            out = self.forward(x).float().clone()  # the replayed output buffer is reused by the next call
             flips = [c for i in range(len(mirror_axes)) for c in itertools.combinations(mirror_axes, i + 1)]
             for axes in flips:
                 dims = [a + 2 for a in axes]
-                out += torch.flip(self.network(torch.flip(x, dims)), dims).float()
+                out += torch.flip(self.forward(torch.flip(x, dims)), dims).float()
         return (out / (len(flips) + 1)).cpu().numpy()
 
 

@@ -192,6 +192,8 @@ def sliding_window_labels(network, volume, roi_size, *, overlap=0.5, batch_size=
     import torch.nn.functional as F
     from monai.data.utils import compute_importance_map, dense_patch_slices
 
+    from .cuda_graphs import GraphCache
+
     device = torch.device(device or volume.device)
     dtype = dtype or torch.float32
     network.to(device).eval()
@@ -207,6 +209,7 @@ def sliding_window_labels(network, volume, roi_size, *, overlap=0.5, batch_size=
     windows.sort(key=lambda w: w[axis].start)  # stable: MONAI's order within a slab
     weight = compute_importance_map(roi_size, mode="gaussian", sigma_scale=0.125, device=device)
     accumulator, warn = None, warn or log.warning
+    forward = GraphCache(network, limit=2)  # on CUDA a window batch is launch-bound: replay it as one graph
     steps = Progress(len(windows), "Segmenting", progress, cancel)
     for start in sorted({w[axis].start for w in windows}):
         plane = [w for w in windows if w[axis].start == start]
@@ -214,7 +217,7 @@ def sliding_window_labels(network, volume, roi_size, *, overlap=0.5, batch_size=
             batch = plane[first:first + batch_size]
             inputs = torch.stack([volume[w] for w in batch])[:, None]
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                logits = network(inputs)
+                logits = forward(inputs)
             if accumulator is None:
                 accumulator = _SlabAccumulator(logits.shape[1], padded, axis, roi_size[axis], device, warn)
                 weight = weight.to(accumulator.sums.device)

@@ -257,6 +257,7 @@ class BoxPredictor:
         import torch
 
         from ..models.sam_family import encoder_for_inference
+        from .cuda_graphs import GraphCache
 
         if loaded.task != "box2d" or loaded.preprocessing.get("profile") not in PROFILES:
             raise MedsegError(f"{loaded.family} is not a box-prompted model")
@@ -278,6 +279,8 @@ class BoxPredictor:
         self.cache = cache if cache is not None else EmbeddingCache()
         self.embedding: Embedding | None = None
         self.cache_hit = False
+        # the decoder is a chain of ~150 small kernels: on CUDA a graph replays them with one launch
+        self._box_masks = GraphCache(self._box_mask)
 
     # ---- image
     def set_image(self, image2d: np.ndarray, key=None, display_range=None) -> None:
@@ -323,11 +326,22 @@ class BoxPredictor:
             raise PromptError("Give a box or at least one point")
         # a lone point is ambiguous: take SAM's best of three masks, as SamPredictor recommends
         multimask = boxes is None and len(point_prompt[0][0]) == 1
+        if point_prompt is None:  # the common case: replayed from a CUDA graph per slice geometry on CUDA
+            with torch.inference_mode():
+                mask = self._box_masks(self.embedding.features, boxes.view(1, 1, 4).to(self.device),
+                                       key=(self.embedding.input_hw, hw))
+            return mask.cpu().numpy()
         with torch.inference_mode():
             boxes = None if boxes is None else boxes.view(1, 1, 4).to(self.device)
             logits = self._decode(self.embedding.features, point_prompt, boxes, multimask)
             mask = self.profile.mask(logits, self.embedding.input_hw, hw)
         return mask.cpu().numpy()
+
+    def _box_mask(self, features, box):
+        """(H, W) boolean mask tensor of the current slice for a (1, 1, 4) box in the model frame."""
+        embedding = self.embedding
+        logits = self._decode(features, None, box, False)
+        return self.profile.mask(logits, embedding.input_hw, embedding.image_hw)
 
     def _decode_logits(self, features, points, boxes, multimask: bool):
         """(1, 1, 256, 256) low-resolution logits of the best mask for the prompts."""
@@ -335,7 +349,9 @@ class BoxPredictor:
         logits, quality = self.network.mask_decoder(
             image_embeddings=features, image_pe=self._dense_pe, sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense, multimask_output=multimask)
-        return logits[:, quality[0].argmax()].unsqueeze(1)
+        if not multimask:
+            return logits
+        return logits.index_select(1, quality[0].argmax().view(1))  # no host sync (capturable)
 
     # ---- volumes
     def propagate(self, volume: np.ndarray, start_slice: int, mask: np.ndarray, axis: int = 0,

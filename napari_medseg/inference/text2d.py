@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -125,53 +124,22 @@ def nonzero_box(values: np.ndarray) -> tuple[slice, slice] | None:
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
-class CapturedSegment:
-    """``network.segment`` for one input shape, captured once as a CUDA graph and replayed.
+_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # network -> (weights address, GraphCache)
 
-    At 256^2 the forward is bound by its ~1000 kernel launches, not by arithmetic: on an H100 one slice takes
-    18-31 ms eagerly in fp16 and 4.5 ms replayed. Weights updated in place are seen by the replay.
+
+def segment_function(network):
+    """``network.segment``, replayed from CUDA graphs on CUDA inputs (one capture per input signature).
+
+    At 256^2 the forward is bound by its ~1000 kernel launches, not by arithmetic: on an H100 one slice
+    takes 18-31 ms eagerly in fp16 and 4.5 ms replayed.
     """
+    from .cuda_graphs import GraphCache
 
-    def __init__(self, network, x, lang_feat):
-        import torch
-
-        self.x, self.lang_feat = x.clone(), lang_feat.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm-up outside the capture (cuDNN/cuBLAS workspaces, lazy inits)
-                network.segment(self.x, self.lang_feat)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = network.segment(self.x, self.lang_feat)
-
-    def __call__(self, x, lang_feat):
-        self.x.copy_(x)
-        self.lang_feat.copy_(lang_feat)
-        self.graph.replay()
-        return self.out.clone()
-
-
-_CAPTURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # network -> {key: CapturedSegment | None}
-
-
-def segment_function(network, x, lang_feat):
-    """``network.segment``, replayed from a CUDA graph on CUDA (one capture per shape, dtype and placement)."""
-    import torch
-
-    if x.device.type != "cuda":
-        return network.segment
-    key = (tuple(x.shape), tuple(lang_feat.shape), lang_feat.dtype, torch.is_autocast_enabled("cuda"),
-           next(network.parameters()).data_ptr())
-    captured = _CAPTURED.setdefault(network, {})
-    if key not in captured:
-        try:
-            captured[key] = CapturedSegment(network, x, lang_feat)
-        except Exception as exc:  # e.g. a scan backend that synchronises cannot be captured
-            warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); running eagerly", stacklevel=2)
-            captured[key] = None
-    return captured[key] or network.segment
+    address = next(network.parameters()).data_ptr()
+    entry = _GRAPHS.get(network)
+    if entry is None or entry[0] != address:  # first use, or the weights moved (another device)
+        entry = _GRAPHS[network] = (address, GraphCache(network.segment))
+    return entry[1]
 
 
 def mirrored_logits(network, x, lang_feat, axes) -> "torch.Tensor":
@@ -180,7 +148,7 @@ def mirrored_logits(network, x, lang_feat, axes) -> "torch.Tensor":
 
     combos = [()] + [c for n in range(1, len(axes) + 1) for c in itertools.combinations([a + 2 for a in axes], n)]
     batch = torch.cat([x.flip(c) if c else x for c in combos])
-    logits = segment_function(network, batch, lang_feat)(batch, lang_feat).float()
+    logits = segment_function(network)(batch, lang_feat).float()
     return sum(logits[i:i + 1].flip(c) if c else logits[i:i + 1] for i, c in enumerate(combos)) / len(combos)
 
 

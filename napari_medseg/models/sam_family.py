@@ -205,11 +205,21 @@ class ConvBN(nn.Sequential):
         return fused
 
 
+class GELU(nn.GELU):
+    """GELU that runs in the tensor's memory order: PyTorch's GELU on channels-last CPU tensors takes a
+    slow strided path (10x slower than on the same data viewed as contiguous NHWC)."""
+
+    def forward(self, x):
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return F.gelu(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return F.gelu(x)
+
+
 class PatchEmbed(nn.Module):
     def __init__(self, in_chans: int, dim: int, kernel: int):
         super().__init__()
         stride = 1 if kernel == 1 else 2
-        self.seq = nn.Sequential(ConvBN(in_chans, dim // 2, kernel, stride), nn.GELU(), ConvBN(dim // 2, dim, kernel, stride))
+        self.seq = nn.Sequential(ConvBN(in_chans, dim // 2, kernel, stride), GELU(), ConvBN(dim // 2, dim, kernel, stride))
 
     def forward(self, x):
         return self.seq(x)
@@ -221,9 +231,9 @@ class MBConv(nn.Module):
     def __init__(self, dim: int, expand_ratio: float):
         super().__init__()
         hidden = int(dim * expand_ratio)
-        self.conv1, self.act1 = ConvBN(dim, hidden), nn.GELU()
-        self.conv2, self.act2 = ConvBN(hidden, hidden, 3, groups=hidden), nn.GELU()
-        self.conv3, self.act3 = ConvBN(hidden, dim), nn.GELU()
+        self.conv1, self.act1 = ConvBN(dim, hidden), GELU()
+        self.conv2, self.act2 = ConvBN(hidden, hidden, 3, groups=hidden), GELU()
+        self.conv3, self.act3 = ConvBN(hidden, dim), GELU()
 
     def forward(self, x):
         y = self.act2(self.conv2(self.act1(self.conv1(x))))
@@ -234,7 +244,7 @@ class PatchMerging(nn.Module):
     def __init__(self, dim: int, out_dim: int):
         super().__init__()
         stride = 1 if out_dim in (320, 448, 576) else 2  # TinyViT-SAM keeps the last stage at 1/16
-        self.act = nn.GELU()
+        self.act = GELU()
         self.conv1 = ConvBN(dim, out_dim)
         self.conv2 = ConvBN(out_dim, out_dim, 3, stride, groups=out_dim)
         self.conv3 = ConvBN(out_dim, out_dim)
@@ -262,8 +272,8 @@ class WindowAttention(nn.Module):
         n, length, _ = x.shape
         qkv = self.qkv(self.norm(x)).view(n, length, self.num_heads, 3 * self.head_dim).transpose(1, 2)
         q, k, v = qkv.split(self.head_dim, dim=-1)
-        scores = (q @ k.transpose(-2, -1)) * self.head_dim ** -0.5 + self.attention_biases[:, self.attention_bias_idxs]
-        out = scores.softmax(dim=-1) @ v
+        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)[None]  # 4-D: the fused CPU kernel
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(out.transpose(1, 2).reshape(n, length, -1))
 
 
