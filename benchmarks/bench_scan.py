@@ -6,6 +6,7 @@ against mamba_ssm's kernel.
     python benchmarks/bench_scan.py --device cuda --batch 8
     python benchmarks/bench_scan.py --sweep               # CPU block budgets x chunk lengths
     python benchmarks/bench_scan.py --backward            # forward + backward
+    python benchmarks/bench_scan.py --device cuda --batch 8 --triton-sweep   # Triton tiles x warps
 
 Timings are the minimum over ``--repeats`` runs, measured interleaved so that load from other
 processes hits every contestant alike. On an oversubscribed CPU (more busy threads than cores) every
@@ -82,6 +83,28 @@ def compare(contestants: dict, inputs, repeats, backward, device) -> dict:
     return best
 
 
+def triton_sweep(inputs, repeats, device):
+    """Time the Triton kernel's launch configurations (BLOCK_D, BLOCK_L, STAGES, NUM_WARPS) against each
+    other; tiles of more than 32 state elements per thread (which spill registers) are left out."""
+    from napari_medseg.models.scan import triton_scan
+
+    kernel = {"triton": lambda *a, **k: scan.selective_scan(*a, backend="triton", **k)}
+    states = 1 << (inputs["A"].shape[1] - 1).bit_length()
+    for block_d in (1, 2):
+        for block_l in (64, 128, 256):
+            for stages in (1, 2, 3):
+                row = []
+                for warps in (2, 4, 8):
+                    if block_d * states * block_l > 32 * 32 * warps:
+                        row.append(f"{warps} warps       -   ")
+                        continue
+                    triton_scan.BLOCK_D, triton_scan.BLOCK_L = block_d, block_l
+                    triton_scan.STAGES, triton_scan.NUM_WARPS = stages, warps
+                    seconds = compare(kernel, inputs, repeats, False, device)["triton"]
+                    row.append(f"{warps} warps {seconds * 1e3:7.3f} ms")
+                print(f"BLOCK_D {block_d} BLOCK_L {block_l:>3} STAGES {stages}: " + "  ".join(row))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -94,6 +117,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--backward", action="store_true")
     parser.add_argument("--sweep", action="store_true", help="time block budgets x chunk lengths")
+    parser.add_argument("--triton-sweep", action="store_true",
+                        help="CUDA: time the Triton kernel's channels per program x tile lengths x stages x warps")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -112,9 +137,14 @@ def main():
                 row.append(compare({"own": own}, inputs, args.repeats, args.backward, device)["own"])
             print(f"budget {budget:>9}: " + "  ".join(f"T<={c}: {t * 1e3:7.1f} ms" for c, t in zip(chunks, row)))
         return
+    if args.triton_sweep:
+        triton_sweep(inputs, args.repeats, device)
+        return
     contestants = {"own (chunked torch)": own, "reference loop": reference_scan()}
     if device.type == "cuda" and scan.mamba_ssm_scan() is not None:
         contestants["mamba_ssm CUDA"] = lambda *a, **k: scan.selective_scan(*a, backend="mamba_ssm", **k)
+    if device.type == "cuda" and scan.triton_available() and not args.backward:
+        contestants["own Triton"] = lambda *a, **k: scan.selective_scan(*a, backend="triton", **k)
     best = compare(contestants, inputs, args.repeats, args.backward, device)
     reference = best["reference loop"]
     for name, seconds in best.items():

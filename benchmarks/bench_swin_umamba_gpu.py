@@ -4,8 +4,8 @@
 
 For batch 1 at 256^2 and batch 8 at 512^2 it times
   * fp32 eager                 (what the official code computes; the scan always runs in fp32)
-  * bf16 autocast eager
-  * bf16 autocast + CUDA graph (the whole forward captured once, replayed)
+  * bf16 and fp16 (nnU-Net's choice) autocast eager
+  * bf16 and fp16 autocast + CUDA graph (the whole forward captured once, replayed)
   * bf16 autocast + torch.compile (--compile-mode, default "default"; the PyTorch scan stays eager)
 and reports ms per batch, images/s, TFLOP/s (convolutions and matrix products counted by
 torch.utils.flop_counter; the selective scan's elementwise work is not counted) and the arg-max
@@ -85,6 +85,10 @@ def main():
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
             return network(x).float()
 
+    def fp16(x):  # nnU-Net's (and predict_auto2d's) autocast type
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, cache_enabled=False):
+            return network(x).float()
+
     compiled = None if args.compile_mode == "none" else torch.compile(network, mode=args.compile_mode)
 
     def bf16_compiled(x):
@@ -96,11 +100,12 @@ def main():
         x = torch.randn(batch, channels, size, size, device="cuda")
         flops = flops_of(network, x)
         reference = fp32(x).argmax(1)
-        variants = {"fp32 eager": fp32, "bf16 autocast": bf16}
-        try:
-            variants["bf16 + CUDA graph"] = graphed(bf16, x)
-        except Exception as exc:  # capture can fail with backends that synchronise
-            print(f"  CUDA graph capture failed: {type(exc).__name__}: {exc}")
+        variants = {"fp32 eager": fp32, "bf16 autocast": bf16, "fp16 autocast": fp16}
+        for name, fn in (("bf16", bf16), ("fp16", fp16)):
+            try:
+                variants[f"{name} + CUDA graph"] = graphed(fn, x)
+            except Exception as exc:  # capture can fail with backends that synchronise
+                print(f"  CUDA graph capture failed: {type(exc).__name__}: {exc}")
         if compiled is not None:
             variants["bf16 + torch.compile"] = bf16_compiled
         print(f"batch {batch} x {size}^2: {flops / 1e9:.1f} GFLOP per batch (scan excluded)")
@@ -114,19 +119,20 @@ def main():
             print(f"  {name:22s} {ms:9.2f} ms  {batch / ms * 1e3:8.1f} img/s  {flops / ms / 1e9:7.2f} TFLOP/s"
                   f"  arg-max agreement {agreement:.5f}")
         outputs = {}
-        for name in ("torch", "mamba_ssm"):
-            if name == "mamba_ssm" and scan.mamba_ssm_scan() is None:
-                print("  scan mamba_ssm: not installed")
+        for name in ("torch", "triton", "mamba_ssm"):
+            if (name == "mamba_ssm" and scan.mamba_ssm_scan() is None) or (name == "triton" and not scan.triton_available()):
+                print(f"  scan {name}: not installed")
                 continue
             with scan_backend(name):
                 outputs[name] = fp32(x)
                 ms = cuda_ms(lambda: fp32(x), max(3, args.iterations // 4))
             print(f"  fp32 forward, scan {name:10s} {ms:9.2f} ms")
-        if len(outputs) == 2:
-            diff = (outputs["torch"] - outputs["mamba_ssm"]).abs().max() / outputs["mamba_ssm"].abs().max()
-            same = (outputs["torch"].argmax(1) == outputs["mamba_ssm"].argmax(1)).float().mean()
-            print(f"  scan backends: relative max logit difference {diff.item():.2e}, "
-                  f"arg-max agreement {same.item():.5f}")
+        for name in ("triton", "mamba_ssm"):
+            if name in outputs:
+                diff = (outputs[name] - outputs["torch"]).abs().max() / outputs["torch"].abs().max()
+                same = (outputs[name].argmax(1) == outputs["torch"].argmax(1)).float().mean()
+                print(f"  scan {name} vs torch: relative max logit difference {diff.item():.2e}, "
+                      f"arg-max agreement {same.item():.5f}")
 
 
 if __name__ == "__main__":

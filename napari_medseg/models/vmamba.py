@@ -121,9 +121,12 @@ class SS2D(nn.Module):
         x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+        # the scan reads u, delta, B, C in the activations' dtype (half under autocast: the official code's
+        # .float() copies hold the same values) and keeps its state and sums in fp32
+        kind = xs.dtype
         ys = selective_scan(
-            xs.float().reshape(b, -1, length), dts.float().reshape(b, -1, length),
-            -torch.exp(self.A_logs.float()), Bs.float().contiguous(), Cs.float().contiguous(), self.Ds.float(),
+            xs.reshape(b, -1, length), dts.to(kind).reshape(b, -1, length),
+            -torch.exp(self.A_logs.float()), Bs.to(kind).contiguous(), Cs.to(kind).contiguous(), self.Ds.float(),
             delta_bias=self.dt_projs_bias.float().reshape(-1), delta_softplus=True,
         ).view(b, DIRECTIONS, d, length)
         reversed_ys = ys[:, 2:4].flip(-1)

@@ -1,16 +1,18 @@
 """Selective scan (the S6 recurrence of Mamba/VMamba) with interchangeable backends.
 
-``selective_scan`` has the signature and semantics of mamba's ``selective_scan_fn``. It runs mamba_ssm's
-CUDA kernel for CUDA tensors when mamba_ssm (with its compiled extension) is importable, and the
-project's own chunk-parallel PyTorch scan otherwise (CPU, other GPUs, or no mamba_ssm). Both support
-autograd. ``NAPARI_MEDSEG_SCAN=torch`` (or ``backend="torch"``) forces the PyTorch scan.
+``selective_scan`` has the signature and semantics of mamba's ``selective_scan_fn``. For CUDA tensors it
+runs mamba_ssm's CUDA kernel when mamba_ssm (with its compiled extension) is importable, else the
+project's Triton kernel (``triton_scan.py``, forward only) when triton imports and nothing needs
+gradients, else the project's chunk-parallel PyTorch scan (``chunked.py``), which also serves CPUs and
+other devices. mamba_ssm and the PyTorch scan support autograd. ``NAPARI_MEDSEG_SCAN=torch|triton|mamba_ssm``
+(or ``backend=...``) forces a backend. triton is imported only for CUDA tensors without mamba_ssm.
 """
 from __future__ import annotations
 
 import functools
 import os
 
-BACKENDS = ("mamba_ssm", "torch")
+BACKENDS = ("mamba_ssm", "triton", "torch")
 
 
 @functools.lru_cache(maxsize=1)
@@ -25,14 +27,34 @@ def mamba_ssm_scan():
     return interface.selective_scan_fn
 
 
-def backend_for(device) -> str:
-    """The backend ``selective_scan`` uses for tensors on ``device``."""
+@functools.lru_cache(maxsize=1)
+def triton_available() -> bool:
+    """Whether triton imports (imported on first call only)."""
+    try:
+        import triton  # noqa: F401
+    except Exception:  # ImportError, or a broken installation
+        return False
+    return True
+
+
+def backend_for(device, needs_grad: bool = False) -> str:
+    """The backend ``selective_scan`` uses for tensors on ``device`` (``needs_grad``: autograd must flow)."""
     forced = os.environ.get("NAPARI_MEDSEG_SCAN")
     if forced:
         if forced not in BACKENDS:
             raise ValueError(f"NAPARI_MEDSEG_SCAN={forced!r}; expected one of {', '.join(BACKENDS)}")
         return forced
-    return "mamba_ssm" if getattr(device, "type", device) == "cuda" and mamba_ssm_scan() is not None else "torch"
+    if getattr(device, "type", device) != "cuda":
+        return "torch"
+    if mamba_ssm_scan() is not None:
+        return "mamba_ssm"
+    return "triton" if not needs_grad and triton_available() else "torch"
+
+
+def _needs_grad(*tensors) -> bool:
+    import torch
+
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -41,7 +63,21 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
     Returns ``out`` (b, D, L) in u's dtype, or ``(out, last_state)`` with ``return_last_state``.
     """
-    backend = backend or backend_for(u.device)
+    needs_grad = _needs_grad(u, delta, A, B, C, D, z, delta_bias)
+    chosen = backend or backend_for(u.device, needs_grad)
+    if chosen == "triton":
+        if needs_grad:
+            raise RuntimeError("The Triton selective scan is forward-only; train with the torch or mamba_ssm backend")
+        from .triton_scan import triton_selective_scan
+
+        try:
+            return triton_selective_scan(u, delta, A, B, C, D, z=z, delta_bias=delta_bias,
+                                         delta_softplus=delta_softplus, return_last_state=return_last_state)
+        except NotImplementedError:  # complex A, constant B/C, float64: unless asked for by argument,
+            if backend:  # the PyTorch scan takes over
+                raise
+            chosen = "torch"
+    backend = chosen
     if backend == "mamba_ssm":
         scan = mamba_ssm_scan()
         if scan is None:
@@ -56,4 +92,4 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                 return_last_state=return_last_state)
 
 
-__all__ = ["BACKENDS", "backend_for", "mamba_ssm_scan", "selective_scan"]
+__all__ = ["BACKENDS", "backend_for", "mamba_ssm_scan", "selective_scan", "triton_available"]
