@@ -52,6 +52,17 @@ def set_deep_supervision(network: nn.Module, enabled: bool) -> None:
             module.deep_supervision = enabled
 
 
+def stack_slices(parts: list[PreparedSlices]) -> PreparedSlices:
+    """All cases' slices in one array; planes of different sizes (images of other sizes, crops to the
+    nonzero region) are padded at the end with zeros, outside the valid mask so the loss ignores them."""
+    height, width = (max(p.labels.shape[axis] for p in parts) for axis in (1, 2))
+
+    def padded(array: np.ndarray) -> np.ndarray:
+        widths = [(0, 0), (0, height - array.shape[1]), (0, width - array.shape[2])] + [(0, 0)] * (array.ndim - 3)
+        return np.pad(array, widths)
+    return PreparedSlices(*(np.concatenate([padded(getattr(p, f)) for p in parts]) for f in ("data", "labels", "valid")))
+
+
 def reviewed_voxels(case: Case) -> np.ndarray:
     """Boolean mask of the label map's voxels on reviewed slices."""
     mask = case.reviewed_mask()
@@ -86,7 +97,7 @@ class SliceAdapter(Adapter):
         for case in train_cases:
             parts.append(self.prepare_case(case))
             steps.step()
-        self.train = PreparedSlices(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("data", "labels", "valid")))
+        self.train = stack_slices(parts)
         self.samples = np.flatnonzero(self.train.valid.reshape(len(self.train.valid), -1).any(axis=1)).tolist()
         self.val_cases = val_cases
 

@@ -113,15 +113,24 @@ TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executab
     pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(_gpus() < 2, reason="needs 2 GPUs")]),
 ])
 def test_torchrun_two_processes(device, mni, tmp_path):
+    """Two ranks (gloo on CPUs, NCCL on two GPUs) train one registered model; on GPUs a Swin-UMamba† from
+    scratch (the nnU-Net family, DDP over a full network; no packaged weights needed on the GPU machine)."""
+    from napari_medseg.segmentation import segment
+
     images, labels = _slices_dataset(mni, tmp_path / "data", indices=(70, 80, 100, 110))
     out = tmp_path / "run"
     arguments = _training_command(images, labels, out, 4)[3:]
     arguments[arguments.index("--device") + 1] = device
     arguments[arguments.index("--no-register")] = "--name"
     arguments.insert(arguments.index("--name") + 1, "wm-ddp")
+    if device == "cuda":
+        arguments[arguments.index("--model") + 1] = "swin-umamba-d"
+        arguments.append("--scratch")
     result = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "napari_medseg.training", *arguments],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     card = get_card("wm-ddp")
     assert card.provenance["devices"].endswith(" x 2") and card.provenance["steps"] == 4
     assert json.loads((out / "metrics.json").read_text())["samples"] == 3
+    prompt = {} if device == "cuda" else {"box": (30, 40, 170, 200)}
+    assert segment(mni[0].array[92], "wm-ddp", device=device, **prompt).shape == (233, 197)

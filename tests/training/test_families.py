@@ -121,3 +121,15 @@ def test_new_models_train_a_few_steps(model, small_mni, tmp_path):
     adapter.prepare(*split_cases(cases))
     result = train(adapter, TrainConfig(steps=2, batch_size=2, lr=1e-3, steps_per_epoch=2), tmp_path)
     assert result.steps == 2 and result.best_dice is not None and np.isfinite(result.history[0]["loss"])
+
+
+def test_slices_of_different_sizes_stack_with_the_padding_left_out_of_the_loss():
+    from napari_medseg.training.auto2d import PreparedSlices, stack_slices
+
+    small = PreparedSlices(np.ones((2, 3, 4, 1), np.float32), np.ones((2, 3, 4), np.int64), np.ones((2, 3, 4), bool))
+    tall = PreparedSlices(np.full((1, 5, 2, 1), 2, np.float32), np.full((1, 5, 2), 2), np.ones((1, 5, 2), bool))
+    stacked = stack_slices([small, tall])
+    assert stacked.data.shape == (3, 5, 4, 1) and stacked.labels.shape == stacked.valid.shape == (3, 5, 4)
+    assert stacked.valid[:2].sum() == 2 * 12 and stacked.valid[2].sum() == 10
+    assert (stacked.data[2, :, :2] == 2).all() and (stacked.data[2, :, 2:] == 0).all()
+    assert not stacked.valid[0, 3:].any() and (stacked.labels[0, 3:] == 0).all()
