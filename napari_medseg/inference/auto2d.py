@@ -97,6 +97,10 @@ class _Runner:
 
     def __call__(self, tiles: np.ndarray, mirror_axes=()) -> np.ndarray:
         """(n, C, h, w) float32 -> (n, K, h, w) float32 network outputs, averaged over the mirrorings."""
+        return self.logits(tiles, mirror_axes).cpu().numpy()
+
+    def logits(self, tiles: np.ndarray, mirror_axes=()) -> "torch.Tensor":
+        """``__call__``'s outputs as a float32 tensor on the runner's device."""
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device)
@@ -106,7 +110,7 @@ class _Runner:
             for axes in flips:
                 dims = [a + 2 for a in axes]
                 out += torch.flip(self.forward(torch.flip(x, dims)), dims).float()
-        return (out / (len(flips) + 1)).cpu().numpy()
+        return out / (len(flips) + 1)
 
 
 @lru_cache(maxsize=4)
@@ -141,7 +145,11 @@ def crop_to_nonzero(data: np.ndarray):
     mask = binary_fill_holes(np.any(data != 0, axis=0))
     if not mask.any():
         return data, tuple(slice(0, s) for s in data.shape[1:]), mask
-    box = tuple(slice(int(w.min()), int(w.max()) + 1) for w in np.nonzero(mask))
+    box = []  # per axis from the projection of the mask (np.nonzero of a whole CT takes seconds)
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    box = tuple(box)
     return data[(slice(None),) + box], box, mask[box]
 
 
@@ -170,6 +178,8 @@ def normalize(data: np.ndarray, mask: np.ndarray, schemes: list[dict]) -> np.nda
 
 
 def _predict_nnunet(loaded, image, runner, mirror, slices, progress, cancel) -> np.ndarray:
+    import torch
+
     pre = loaded.preprocessing
     data = channels_first(image, len(pre["channels"]), pre["channels"])
     spacing = list(image.spacing[::-1])  # numpy order
@@ -188,30 +198,40 @@ def _predict_nnunet(loaded, image, runner, mirror, slices, progress, cancel) -> 
     labels = np.zeros(full_shape, np.uint8 if max(loaded.classes, default=0) < 256 else np.uint16)
     target = labels[box] if box else labels
     for n, plane_logits in _sliding_window(runner, data, wanted, plane_shape, pre, mirror, progress, cancel):
-        back = np.stack([resize_plane(k, cropped[1:], pre["probabilities_order"]) for k in plane_logits])
-        target[wanted[n]] = _to_labels(back, pre)
+        if tuple(plane_logits.shape[1:]) != tuple(cropped[1:]):  # back from the plans' spacing
+            back = np.stack([resize_plane(k, cropped[1:], pre["probabilities_order"]) for k in plane_logits.cpu().numpy()])
+            plane_logits = torch.from_numpy(back)
+        target[wanted[n]] = _to_labels(plane_logits, pre)
     labels = labels.transpose(pre["transpose_backward"])
     return labels[0] if image.ndim == 2 else labels
 
 
-def _to_labels(logits: np.ndarray, pre: dict) -> np.ndarray:
+def _to_labels(logits: "torch.Tensor", pre: dict) -> np.ndarray:
+    """Labels of (K, h, w) logits: argmax, or nnU-Net's region order of sigmoid outputs."""
+    import torch
+
     if pre["output"] == "softmax":
-        return logits.argmax(0)
-    probabilities = 1 / (1 + np.exp(-logits))
-    labels = np.zeros(logits.shape[1:], np.uint16)
+        return logits.argmax(0).to(torch.int32).cpu().numpy()
+    probabilities = torch.sigmoid(logits)
+    labels = torch.zeros(logits.shape[1:], dtype=torch.int32, device=logits.device)
     for region, value in enumerate(pre["regions_class_order"]):
         labels[probabilities[region] > 0.5] = value
-    return labels
+    return labels.cpu().numpy()
 
 
 def _sliding_window(runner, data, wanted, plane_shape, pre, mirror, progress, cancel):
-    """Yield (n, logits (K, *plane_shape)) for each wanted slice of the normalised, cropped data, in order."""
+    """Yield (n, logits (K, *plane_shape)) for each wanted slice of the normalised, cropped data, in order.
+
+    The Gaussian-weighted sums stay on the runner's device (a GPU averages and argmaxes its own output).
+    """
+    import torch
+
     tile = tuple(pre["patch_size"])
     padded = [max(p, t) for p, t in zip(plane_shape, tile)]
     before = [(p - s) // 2 for p, s in zip(padded, plane_shape)]
-    weights = gaussian_importance(tile)
+    weights = torch.from_numpy(gaussian_importance(tile)).to(runner.device)
     starts = list(itertools.product(*(window_starts(p, t, pre["tile_step_size"]) for p, t in zip(padded, tile))))
-    counts = np.zeros(padded, np.float32)
+    counts = torch.zeros(padded, device=runner.device)
     for y, x in starts:
         counts[y:y + tile[0], x:x + tile[1]] += weights
     crop = (slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, plane_shape))
@@ -226,9 +246,9 @@ def _sliding_window(runner, data, wanted, plane_shape, pre, mirror, progress, ca
             if n not in planes:
                 planes[n] = _padded_plane(data, wanted[n], plane_shape, padded, before, pre["data_order"])
             tiles.append(planes[n][:, y:y + tile[0], x:x + tile[1]])
-        for (n, (y, x)), out in zip(batch, runner(np.stack(tiles), mirror_axes)):
+        for (n, (y, x)), out in zip(batch, runner.logits(np.stack(tiles), mirror_axes)):
             if n not in sums:
-                sums[n] = np.zeros((out.shape[0], *padded), np.float32)
+                sums[n] = torch.zeros((out.shape[0], *padded), device=runner.device)
             sums[n][:, y:y + tile[0], x:x + tile[1]] += out * weights
         steps.step()
         done = len(wanted) if first + len(batch) == len(jobs) else jobs[first + len(batch)][0]

@@ -29,7 +29,10 @@ def checked_nifti(path: Path):
     if int(header["sizeof_hdr"]) == 540:
         raise ImageReadError(f"{path.name} is NIfTI-2, which SimpleITK cannot read; save it as NIfTI-1")
     voxels = int(np.prod(header.get_data_shape()))
-    expected = int(header.get_data_offset()) + voxels * header.get_data_dtype().itemsize
+    offset = int(header.get_data_offset())
+    if header["magic"] == b"n+1":  # single file: the data follow the 352-byte header (ITK writes vox_offset 0)
+        offset = max(offset, 352)
+    expected = offset + voxels * header.get_data_dtype().itemsize
     found = _gzip_size(path, expected) if path.name.lower().endswith(".gz") else os.path.getsize(path)
     if found < expected:
         raise ImageReadError(f"NIfTI {path.name} is truncated: {found} of {expected} bytes present")
