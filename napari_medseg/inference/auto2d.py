@@ -90,10 +90,10 @@ class _Runner:
     """Runs the network on batches of tiles, with autocast on CUDA as nnU-Net does."""
 
     def __init__(self, network, device, batch_size: int):
-        from .cuda_graphs import GraphCache
+        from .cuda_graphs import network_graphs
 
         self.device, self.batch_size = device, batch_size
-        self.forward = GraphCache(network)  # on CUDA: one graph per batch shape, replayed
+        self.forward = network_graphs(network)  # on CUDA: one graph per batch shape, kept with the network
 
     def __call__(self, tiles: np.ndarray, mirror_axes=()) -> np.ndarray:
         """(n, C, h, w) float32 -> (n, K, h, w) float32 network outputs, averaged over the mirrorings."""
@@ -103,7 +103,9 @@ class _Runner:
         """``__call__``'s outputs as a float32 tensor on the runner's device."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(tiles))
+        if self.device.type == "cuda":  # pinned and asynchronous: the host prepares the next batch meanwhile
+            x = x.pin_memory().to(self.device, non_blocking=True)
         with torch.inference_mode(), torch.autocast("cuda", enabled=self.device.type == "cuda"):
             out = self.forward(x).float().clone()  # the replayed output buffer is reused by the next call
             flips = [c for i in range(len(mirror_axes)) for c in itertools.combinations(mirror_axes, i + 1)]
@@ -197,26 +199,31 @@ def _predict_nnunet(loaded, image, runner, mirror, slices, progress, cancel) -> 
     plane_shape = [int(round(s / t * n)) for s, t, n in zip(spacing[1:], pre["spacing"], cropped[1:])]
     labels = np.zeros(full_shape, np.uint8 if max(loaded.classes, default=0) < 256 else np.uint16)
     target = labels[box] if box else labels
+    pending = []  # label planes stay on the runner's device until the end: no per-slice synchronisation
     for n, plane_logits in _sliding_window(runner, data, wanted, plane_shape, pre, mirror, progress, cancel):
         if tuple(plane_logits.shape[1:]) != tuple(cropped[1:]):  # back from the plans' spacing
             back = np.stack([resize_plane(k, cropped[1:], pre["probabilities_order"]) for k in plane_logits.cpu().numpy()])
             plane_logits = torch.from_numpy(back)
-        target[wanted[n]] = _to_labels(plane_logits, pre)
+        pending.append((wanted[n], _to_labels(plane_logits, pre)))
+    if pending:
+        planes = torch.stack([plane for _, plane in pending]).cpu().numpy()
+        for (index, _), plane in zip(pending, planes):
+            target[index] = plane
     labels = labels.transpose(pre["transpose_backward"])
     return labels[0] if image.ndim == 2 else labels
 
 
-def _to_labels(logits: "torch.Tensor", pre: dict) -> np.ndarray:
-    """Labels of (K, h, w) logits: argmax, or nnU-Net's region order of sigmoid outputs."""
+def _to_labels(logits: "torch.Tensor", pre: dict) -> "torch.Tensor":
+    """int32 labels of (K, h, w) logits on their device: argmax, or nnU-Net's region order of sigmoids."""
     import torch
 
     if pre["output"] == "softmax":  # torch's CPU argmax over the first axis is 20x slower than numpy's
-        return logits.argmax(0).cpu().numpy() if logits.is_cuda else logits.numpy().argmax(0)
+        return logits.argmax(0).int() if logits.is_cuda else torch.from_numpy(logits.numpy().argmax(0).astype(np.int32))
     probabilities = torch.sigmoid(logits)
     labels = torch.zeros(logits.shape[1:], dtype=torch.int32, device=logits.device)
     for region, value in enumerate(pre["regions_class_order"]):
         labels[probabilities[region] > 0.5] = value
-    return labels.cpu().numpy()
+    return labels
 
 
 def _sliding_window(runner, data, wanted, plane_shape, pre, mirror, progress, cancel):

@@ -8,8 +8,10 @@ weights by address, so a ``GraphCache`` belongs to one network placement and is 
 from __future__ import annotations
 
 import logging
+import weakref
 
 log = logging.getLogger(__name__)
+_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # network -> {name: (weights address, cache)}
 
 
 class CapturedCall:
@@ -72,3 +74,17 @@ class GraphCache:
                 self.graphs[key] = None
         graph = self.graphs[key]
         return self.fn(*tensors) if graph is None else graph(*tensors)
+
+
+def network_graphs(network, method: str = "__call__", limit: int = 4) -> GraphCache:
+    """The ``GraphCache`` of ``network.<method>`` that lives as long as the network, so a second
+    prediction replays the graphs of the first. Renewed when the weights move (another device)."""
+    address = next(network.parameters()).data_ptr()
+    caches = _CACHES.setdefault(network, {})
+    if method not in caches or caches[method][0] != address:
+        owner = weakref.ref(network)  # the cache must not keep its network (the dictionary's key) alive
+
+        def call(*tensors):
+            return getattr(owner(), method)(*tensors)
+        caches[method] = (address, GraphCache(call, limit))
+    return caches[method][1]

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,22 +123,15 @@ def nonzero_box(values: np.ndarray) -> tuple[slice, slice] | None:
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
-_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # network -> (weights address, GraphCache)
-
-
 def segment_function(network):
     """``network.segment``, replayed from CUDA graphs on CUDA inputs (one capture per input signature).
 
     At 256^2 the forward is bound by its ~1000 kernel launches, not by arithmetic: on an H100 one slice
     takes 18-31 ms eagerly in fp16 and 4.5 ms replayed.
     """
-    from .cuda_graphs import GraphCache
+    from .cuda_graphs import network_graphs
 
-    address = next(network.parameters()).data_ptr()
-    entry = _GRAPHS.get(network)
-    if entry is None or entry[0] != address:  # first use, or the weights moved (another device)
-        entry = _GRAPHS[network] = (address, GraphCache(network.segment))
-    return entry[1]
+    return network_graphs(network, "segment")
 
 
 def mirrored_logits(network, x, lang_feat, axes) -> "torch.Tensor":
