@@ -266,7 +266,7 @@ class NnUNetAdapter(SliceAdapter):
         labels, valid = labels.transpose(transpose), valid.transpose(transpose)
         spacing = [spacing[i] for i in transpose]
         if pre["crop_to_nonzero"]:
-            data, box, mask = crop_to_nonzero(data)
+            data, box, mask = crop_to_nonzero(data, pre["normalization"])
             labels, valid = labels[box], valid[box]
         else:
             mask = None

@@ -103,6 +103,9 @@ class _Runner:
         """``__call__``'s outputs as a float32 tensor on the runner's device."""
         import torch
 
+        count = len(tiles)
+        if self.device.type == "cuda" and count < self.batch_size:  # a last, short batch: replay the same graph
+            tiles = np.concatenate([tiles, np.zeros((self.batch_size - count, *tiles.shape[1:]), tiles.dtype)])
         x = torch.from_numpy(np.ascontiguousarray(tiles))
         if self.device.type == "cuda":  # pinned and asynchronous: the host prepares the next batch meanwhile
             x = x.pin_memory().to(self.device, non_blocking=True)
@@ -112,7 +115,7 @@ class _Runner:
             for axes in flips:
                 dims = [a + 2 for a in axes]
                 out += torch.flip(self.forward(torch.flip(x, dims)), dims).float()
-        return out / (len(flips) + 1)
+        return out[:count] / (len(flips) + 1)
 
 
 @lru_cache(maxsize=4)
@@ -140,19 +143,26 @@ def window_starts(size: int, tile: int, step: float = 0.5) -> list[int]:
 # ------------------------------------------------------------------------------------------ nnU-Net
 
 
-def crop_to_nonzero(data: np.ndarray):
-    """nnU-Net's crop: bounding box of the hole-filled mask of voxels non-zero in any channel."""
-    from scipy.ndimage import binary_fill_holes
+def crop_to_nonzero(data: np.ndarray, schemes: list[dict]):
+    """nnU-Net's crop: (cropped data, box, mask) for the bounding box of voxels non-zero in any channel.
 
-    mask = binary_fill_holes(np.any(data != 0, axis=0))
-    if not mask.any():
-        return data, tuple(slice(0, s) for s in data.shape[1:]), mask
+    The mask (hole-filled, as nnU-Net's) is only built when a normalisation scheme uses it (else None):
+    filling holes never moves the bounding box, and on a CT it costs more than a second.
+    """
+    nonzero = np.any(data != 0, axis=0)
+    if not nonzero.any():
+        return data, tuple(slice(0, s) for s in data.shape[1:]), nonzero if any(s.get("use_mask") for s in schemes) else None
     box = []  # per axis from the projection of the mask (np.nonzero of a whole CT takes seconds)
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+    for axis in range(nonzero.ndim):
+        hits = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(nonzero.ndim) if a != axis)))
         box.append(slice(int(hits[0]), int(hits[-1]) + 1))
     box = tuple(box)
-    return data[(slice(None),) + box], box, mask[box]
+    mask = None
+    if any(scheme.get("use_mask") for scheme in schemes):
+        from scipy.ndimage import binary_fill_holes
+
+        mask = binary_fill_holes(nonzero[box])
+    return data[(slice(None),) + box], box, mask
 
 
 def normalize(data: np.ndarray, mask: np.ndarray, schemes: list[dict]) -> np.ndarray:
@@ -191,7 +201,7 @@ def _predict_nnunet(loaded, image, runner, mirror, slices, progress, cancel) -> 
     data = data.transpose([0, *[i + 1 for i in transpose]])
     spacing = [spacing[i] for i in transpose]
     full_shape = data.shape[1:]
-    data, box, mask = crop_to_nonzero(data) if pre["crop_to_nonzero"] else (data, (), None)
+    data, box, mask = crop_to_nonzero(data, pre["normalization"]) if pre["crop_to_nonzero"] else (data, (), None)
     normalize(data, mask, pre["normalization"])
     cropped = data.shape[1:]
     indices = _slice_indices(slices, full_shape[0])
@@ -199,12 +209,13 @@ def _predict_nnunet(loaded, image, runner, mirror, slices, progress, cancel) -> 
     plane_shape = [int(round(s / t * n)) for s, t, n in zip(spacing[1:], pre["spacing"], cropped[1:])]
     labels = np.zeros(full_shape, np.uint8 if max(loaded.classes, default=0) < 256 else np.uint16)
     target = labels[box] if box else labels
+    label_type = torch.uint8 if labels.dtype == np.uint8 else torch.int32
     pending = []  # label planes stay on the runner's device until the end: no per-slice synchronisation
     for n, plane_logits in _sliding_window(runner, data, wanted, plane_shape, pre, mirror, progress, cancel):
         if tuple(plane_logits.shape[1:]) != tuple(cropped[1:]):  # back from the plans' spacing
             back = np.stack([resize_plane(k, cropped[1:], pre["probabilities_order"]) for k in plane_logits.cpu().numpy()])
             plane_logits = torch.from_numpy(back)
-        pending.append((wanted[n], _to_labels(plane_logits, pre)))
+        pending.append((wanted[n], _to_labels(plane_logits, pre).to(label_type)))
     if pending:
         planes = torch.stack([plane for _, plane in pending]).cpu().numpy()
         for (index, _), plane in zip(pending, planes):
@@ -266,7 +277,8 @@ def _sliding_window(runner, data, wanted, plane_shape, pre, mirror, progress, ca
 
 def _padded_plane(data, index, plane_shape, padded, before, order) -> np.ndarray:
     """One slice of all channels, resampled to the plans' spacing and zero-padded to at least the tile."""
-    plane = np.stack([resize_plane(channel[index], plane_shape, order) for channel in data]).astype(np.float32)
+    same = tuple(data.shape[2:]) == tuple(plane_shape)  # already at the plans' spacing: no float64 round trip
+    plane = np.stack([channel[index] if same else resize_plane(channel[index], plane_shape, order) for channel in data])
     out = np.zeros((plane.shape[0], *padded), np.float32)
     out[(slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, plane_shape))] = plane
     return out
