@@ -58,7 +58,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", default="swin_umamba", choices=("swin_umamba", "swin_umamba_d"))
-    parser.add_argument("--batch-size", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--slices", type=int, default=300)
     args = parser.parse_args()
     assert torch.cuda.is_available(), "needs a CUDA GPU"
