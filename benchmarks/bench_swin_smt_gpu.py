@@ -100,7 +100,8 @@ def ms_per_window(network, dtype, repeats=5) -> float:
     return (time.perf_counter() - start) / repeats / 2 * 1000
 
 
-def run(name: str, shape_ras, dtype, skip_official: bool, batch_sizes=(2,), precision_floor=False) -> None:
+def run(name: str, shape_ras, dtype, skip_official: bool, batch_sizes=(2,), precision_floor=False,
+        unfused_attention=False) -> None:
     from monai.inferers import sliding_window_inference
 
     torch.manual_seed(0)
@@ -113,7 +114,9 @@ def run(name: str, shape_ras, dtype, skip_official: bool, batch_sizes=(2,), prec
     official = OfficialEquivalent(network)
     if not skip_official:
         print(f"official-equivalent: {ms_per_window(official, dtype):8.1f} ms/window (network, batch 2)")
-    network.use_fused_attention(True)
+    network.use_fused_attention(not unfused_attention)
+    if unfused_attention:  # ours with the official attention arithmetic: only the Soft-MoE rewrite differs
+        network.use_fused_attention = lambda enabled: None
     print(f"ours               : {ms_per_window(network, dtype):8.1f} ms/window (network, batch 2)")
 
     def official_run(run_dtype):
@@ -176,6 +179,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     parser.add_argument("--skip-official", action="store_true")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[2], help="windows per batch (ours)")
+    parser.add_argument("--unfused-attention", action="store_true",
+                        help="run ours with the official window attention (isolates the Soft-MoE rewrite)")
     parser.add_argument("--precision-floor", action="store_true",
                         help="also compare both in float32 (the official run's own fp16-vs-fp32 agreement)")
     args = parser.parse_args()
@@ -184,7 +189,7 @@ def main() -> None:
     print(torch.cuda.get_device_name(), "torch", torch.__version__)
     for name in args.configs:
         run(name, tuple(args.shape), getattr(torch, args.dtype), args.skip_official, args.batch_sizes,
-            args.precision_floor)
+            args.precision_floor, args.unfused_attention)
         torch.cuda.empty_cache()
 
 
