@@ -434,7 +434,8 @@ def clip_box(box, hw) -> np.ndarray:
     x0, x1 = np.clip(sorted(values[[0, 2]]), 0, w)
     y0, y1 = np.clip(sorted(values[[1, 3]]), 0, h)
     if x1 <= x0 or y1 <= y0:
-        raise PromptError(f"The box {tuple(values)} has no area inside the {w}x{h} image")
+        corners = ", ".join(f"{v:g}" for v in values)
+        raise PromptError(f"The box ({corners}) has no area inside the {w}x{h} image")
     return np.array([x0, y0, x1, y1])
 
 
