@@ -70,6 +70,20 @@ def reviewed_voxels(case: Case) -> np.ndarray:
         else np.ones(case.labels.shape, bool)
 
 
+class DeepSupervisionModes:
+    """Adapter modes of nnU-Net-style networks: deep-supervision heads on while training only."""
+
+    network: nn.Module
+
+    def train_mode(self) -> None:
+        self.network.train()
+        set_deep_supervision(self.network, True)
+
+    def eval_mode(self) -> None:
+        self.network.eval()
+        set_deep_supervision(self.network, False)
+
+
 class SliceAdapter(Adapter):
     """Shared data side of the automatic 2-D families; subclasses prepare slices and save files."""
 
@@ -231,7 +245,7 @@ def new_nnunet_model(family: str, cases: list[Case], architecture: dict):
                        classes=classes, preprocessing=preprocessing, info={"nnunet": record})
 
 
-class NnUNetAdapter(SliceAdapter):
+class NnUNetAdapter(DeepSupervisionModes, SliceAdapter):
     """Swin-UMamba and Swin-UMamba†: nnU-Net's DiceCE with deep supervision (lowest head weighted 0)."""
 
     weights_file = "checkpoint_final.pth"
@@ -280,14 +294,6 @@ class NnUNetAdapter(SliceAdapter):
 
     def validation_slices(self, case: Case):
         return None if case.ndim == 2 or self.loaded.preprocessing["transpose_forward"][0] != 0 else case.slices()
-
-    def train_mode(self) -> None:
-        self.network.train()
-        set_deep_supervision(self.network, True)
-
-    def eval_mode(self) -> None:
-        self.network.eval()
-        set_deep_supervision(self.network, False)
 
     def input_spec(self) -> dict:
         pre = self.loaded.preprocessing

@@ -14,7 +14,7 @@ from torch import nn
 
 from napari_medseg.errors import MedsegError
 
-from .auto2d import _nnunet_record, _unique_names, nnunet_plans, save_nnunet_network, set_deep_supervision
+from .auto2d import DeepSupervisionModes, _nnunet_record, _unique_names, nnunet_plans, save_nnunet_network
 from .datasets import Case, box_of, class_names, jittered_box, object_samples
 from .families import Adapter, consecutive, dice_score, head_classes, label_lookup
 from .losses import DeepSupervisionLoss, DiceCELoss
@@ -49,7 +49,7 @@ class TextModule(nn.Module):
         return self.loss(outputs, batch["target"], batch["valid"])
 
 
-class TextAdapter(Adapter):
+class TextAdapter(DeepSupervisionModes, Adapter):
     weights_file = "checkpoint_final.pth"
 
     def __init__(self, loaded, model_id, device, options=None, data_classes=None):
@@ -124,14 +124,6 @@ class TextAdapter(Adapter):
             reports.append(case.report)
         return {"image": torch.from_numpy(np.stack(images)), "target": torch.from_numpy(np.stack(targets)).long(),
                 "valid": torch.ones(len(images), self.size, self.size), "reports": reports}
-
-    def train_mode(self) -> None:
-        self.network.train()
-        set_deep_supervision(self.network, True)
-
-    def eval_mode(self) -> None:
-        self.network.eval()
-        set_deep_supervision(self.network, False)
 
     def validate(self) -> float | None:
         from napari_medseg.inference.text2d import predict_text2d
