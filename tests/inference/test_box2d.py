@@ -1,5 +1,4 @@
 """Box-prompted prediction: full-resolution masks, the authors' preprocessing, caching, propagation."""
-import time
 import warnings
 from functools import partial
 
@@ -91,15 +90,17 @@ def test_lite_medsam_full_resolution_masks_match_package(name, lite_predictor, p
 
 def test_second_box_on_a_slice_reuses_the_embedding(lite_predictor):
     image = data.immunohistochemistry()[:300, :400]
-    start = time.perf_counter()
-    lite_predictor.set_image(image)
-    first = lite_predictor.predict(box=(20, 20, 200, 150))
-    first_time = time.perf_counter() - start
-    assert not lite_predictor.cache_hit
-    start = time.perf_counter()
-    lite_predictor.set_image(image.copy())  # same content, another array
-    second = lite_predictor.predict(box=(20, 20, 200, 150))
-    assert lite_predictor.cache_hit and time.perf_counter() - start < first_time
+    encode, calls = lite_predictor._encode, []
+    lite_predictor._encode = lambda x: calls.append(1) or encode(x)
+    try:
+        lite_predictor.set_image(image)
+        first = lite_predictor.predict(box=(20, 20, 200, 150))
+        assert not lite_predictor.cache_hit and len(calls) == 1
+        lite_predictor.set_image(image.copy())  # same content, another array
+        second = lite_predictor.predict(box=(20, 20, 200, 150))
+        assert lite_predictor.cache_hit and len(calls) == 1  # the image encoder did not run again
+    finally:
+        lite_predictor._encode = encode
     assert np.array_equal(first, second)
     lite_predictor.set_image(image, key="another layer")
     assert not lite_predictor.cache_hit

@@ -1,7 +1,6 @@
 """The selective scan against a step-by-step transcription of mamba's ``selective_scan_ref``."""
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -162,25 +161,27 @@ def test_complex_A_is_refused():
                                        inputs["B"], inputs["C"])
 
 
-def test_much_faster_than_a_step_loop():
-    inputs = make_inputs(batch=1, dim=192, state=16, length=1024)
-    args = (inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], inputs["D"])
+def test_work_is_not_a_python_loop_over_the_sequence():
+    """The number of tensor operations stays flat when the sequence gets 16x longer (speed: bench_scan.py)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
 
-    def best(fn, repeats=3):
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn(*args, delta_bias=inputs["delta_bias"], delta_softplus=True)
-            times.append(time.perf_counter() - start)
-        return min(times)
+    class Count(TorchDispatchMode):
+        calls = 0
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: timings that other processes' load cannot turn upside down
-    try:
-        with torch.no_grad():
-            assert best(reference_scan) > 5 * best(chunked.chunked_selective_scan)
-    finally:
-        torch.set_num_threads(threads)
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    def operations(length):
+        inputs = make_inputs(batch=1, dim=8, state=4, length=length)
+        Count.calls = 0
+        with torch.no_grad(), Count():
+            chunked.chunked_selective_scan(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"],
+                                           inputs["D"], delta_bias=inputs["delta_bias"], delta_softplus=True)
+        return Count.calls
+
+    short, long = operations(256), operations(4096)
+    assert long < 1.5 * short, (short, long)
 
 
 @pytest.mark.gpu

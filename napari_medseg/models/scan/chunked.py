@@ -8,8 +8,8 @@ Semantics are those of mamba's ``selective_scan_ref`` for real ``A``::
 
 The sequence is cut into chunks of ``T`` steps. A first sweep over the ``T`` steps carries every chunk
 from a zero state to its end (one tensor operation per step for all chunks and channels at once); a
-short pass over the chunks (one small in-place operation each) turns these into each chunk's true
-start state, and a second sweep writes the states from there. Only products of decays ``exp(delta * A) <= 1`` are formed,
+log-depth (Hillis-Steele) scan over the chunks turns these into each chunk's true start state, and a
+second sweep writes the states from there. Only products of decays ``exp(delta * A) <= 1`` are formed,
 so this is as stable as the reference recurrence (no ``exp(-cumsum(delta * A))``, which overflows for
 long chunks or fast decays). Chunks are processed in blocks sized to a memory budget, in buffers that
 are reused from block to block. The backward pass recomputes the states block by block from the saved
@@ -93,16 +93,19 @@ class _StatePart:
 
 
 def _linear_scan(coef: torch.Tensor, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
-    """s_m = coef_m * s_(m-1) + x_m along dim 2 (s_m = coef_m * s_(m+1) + x_m if ``reverse``), in place.
+    """s_m = coef_m * s_(m-1) + x_m along dim 2 (from the last m if ``reverse``), s before the first = 0.
 
-    A block holds a few dozen chunks: one small in-place operation per chunk beats a log-depth scan's
-    whole-tensor copies.
+    Hillis-Steele doubling: log2(M) rounds of whole-tensor operations over the chunk axis.
     """
-    chunks = x.shape[2]
-    order = range(chunks - 2, -1, -1) if reverse else range(1, chunks)
-    for m in order:
-        x[:, :, m].addcmul_(coef[:, :, m], x[:, :, m + 1 if reverse else m - 1])
-    return x
+    if reverse:
+        coef, x = coef.flip(2), x.flip(2)
+    step, chunks = 1, x.shape[2]
+    while step < chunks:
+        x = torch.cat([x[:, :, :step], torch.addcmul(x[:, :, step:], coef[:, :, step:], x[:, :, :-step])], dim=2)
+        if 2 * step < chunks:
+            coef = torch.cat([coef[:, :, :step], coef[:, :, step:] * coef[:, :, :-step]], dim=2)
+        step *= 2
+    return x.flip(2) if reverse else x
 
 
 def _forward_states(decay: torch.Tensor, states: torch.Tensor, chunk_decay: torch.Tensor,
