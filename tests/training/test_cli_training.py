@@ -59,15 +59,21 @@ def _training_command(images, labels, out, steps):
             "--batch-size", "1", "--device", "cpu", "--no-register", "--seed", "3"]
 
 
+def _training_until(images, labels, out, steps, field) -> subprocess.Popen:
+    """A training process started in the background, returned once its metrics file reports ``field``."""
+    process = subprocess.Popen(_training_command(images, labels, out, steps), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (read_metrics(out / "metrics.json") or {}).get(field):
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        time.sleep(0.2)
+    return process
+
+
 def test_killed_run_resumes_from_its_last_checkpoint(mni, tmp_path):
     images, labels = _slices_dataset(mni, tmp_path / "data")
     out = tmp_path / "run"
-    process = subprocess.Popen(_training_command(images, labels, out, 100), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (read_metrics(out / "metrics.json") or {}).get("history"):
-        assert process.poll() is None, process.stderr.read().decode()[-2000:]
-        time.sleep(0.2)
+    process = _training_until(images, labels, out, 100, "history")
     process.send_signal(signal.SIGKILL)  # no chance to save anything more
     process.wait()
     killed = read_metrics(out / "metrics.json")
@@ -86,12 +92,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(mni, tmp_path):
 def test_sigterm_cancels_with_a_resumable_state(mni, tmp_path):
     images, labels = _slices_dataset(mni, tmp_path / "data", indices=(80, 100))
     out = tmp_path / "run"
-    process = subprocess.Popen(_training_command(images, labels, out, 1000), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (read_metrics(out / "metrics.json") or {}).get("step"):
-        assert process.poll() is None, process.stderr.read().decode()[-2000:]
-        time.sleep(0.2)
+    process = _training_until(images, labels, out, 1000, "step")
     process.terminate()
     assert process.wait(timeout=120) == 130
     metrics = read_metrics(out / "metrics.json")
