@@ -150,15 +150,16 @@ def crop_to_nonzero(data: np.ndarray, schemes: list[dict]):
     filling holes never moves the bounding box, and on a CT it costs more than a second.
     """
     nonzero = np.any(data != 0, axis=0)
+    wants_mask = any(scheme.get("use_mask") for scheme in schemes)
     if not nonzero.any():
-        return data, tuple(slice(0, s) for s in data.shape[1:]), nonzero if any(s.get("use_mask") for s in schemes) else None
+        return data, tuple(slice(0, s) for s in data.shape[1:]), nonzero if wants_mask else None
     box = []  # per axis from the projection of the mask (np.nonzero of a whole CT takes seconds)
     for axis in range(nonzero.ndim):
         hits = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(nonzero.ndim) if a != axis)))
         box.append(slice(int(hits[0]), int(hits[-1]) + 1))
     box = tuple(box)
     mask = None
-    if any(scheme.get("use_mask") for scheme in schemes):
+    if wants_mask:
         from scipy.ndimage import binary_fill_holes
 
         mask = binary_fill_holes(nonzero[box])
