@@ -110,7 +110,7 @@ class _Runner:
         if self.device.type == "cuda":  # pinned and asynchronous: the host prepares the next batch meanwhile
             x = x.pin_memory().to(self.device, non_blocking=True)
         with torch.inference_mode(), torch.autocast("cuda", enabled=self.device.type == "cuda"):
-            out = self.forward(x).float().clone()  # the replayed output buffer is reused by the next call
+            out = self.forward(x).to(torch.float32, copy=True)  # the replayed output buffer is reused next call
             flips = [c for i in range(len(mirror_axes)) for c in itertools.combinations(mirror_axes, i + 1)]
             for axes in flips:
                 dims = [a + 2 for a in axes]
