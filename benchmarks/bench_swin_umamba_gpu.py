@@ -11,7 +11,9 @@ and reports ms per batch, images/s, TFLOP/s (convolutions and matrix products co
 torch.utils.flop_counter; the selective scan's elementwise work is not counted) and the arg-max
 agreement with fp32. Then it times the fp32 forward with each selective-scan backend (the project's
 chunked PyTorch scan and mamba_ssm's CUDA kernel, when installed) and their largest logit difference.
-Without --checkpoint the network has random weights (the official initialisation), with 14 classes.
+Without --checkpoint the network has random weights (the official initialisation), with 14 classes, and random
+inputs: many pixels then have near-tied class logits. ``--train-steps N`` instead trains a new network on MNI152
+white matter through the project's pipeline and feeds it mosaics of held-out MNI slices.
 """
 from __future__ import annotations
 
@@ -35,6 +37,56 @@ def build(family: str, checkpoint: str | None):
 
     torch.manual_seed(0)
     return (SwinUMamba(1, 14) if family == "swin_umamba" else SwinUMambaD(1, 14)), 1
+
+
+def trained_on_mni(family: str, npz: str | None, steps: int, device: str = "cuda"):
+    """A new network trained from scratch through the project's pipeline on MNI152 white matter (the
+    training slices of finetune_mni.py): trained logits have the margins random ones lack."""
+    import tempfile
+    import time
+
+    from finetune_mni import TRAIN_SLICES, mni
+
+    from napari_medseg.models import load_checkpoint
+    from napari_medseg.training.datasets import Case
+    from napari_medseg.training.pipeline import fine_tune
+    from napari_medseg.training.trainer import TrainConfig
+
+    image, labels = mni(npz)
+    case = Case("mni152", image, labels, {"all": False, "slices": TRAIN_SLICES}, classes={1: "white matter"})
+    config = TrainConfig(steps=steps, steps_per_epoch=min(steps, 100), batch_size=16, lr=1e-3, patience=None)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        model = family.replace("_", "-")
+        summary = fine_tune(model, out, cases=[case], scratch=True, config=config, device=device, register=False,
+                            log=lambda *_: None)
+        loaded = load_checkpoint(summary["weights"], family=family)
+    print(f"trained {steps} steps (batch 16) on MNI152 white matter in {time.perf_counter() - start:.0f} s, "
+          f"validation Dice {summary['best_dice'] or float('nan'):.4f}")
+    return loaded, image
+
+
+def mni_mosaics(loaded, image, batch: int, size: int) -> torch.Tensor:
+    """(batch, 1, size, size) canvases of k x k axial MNI slices (as many as fit; odd indices: never trained
+    on), normalised as prediction normalises them; zero (the normalised background) around them."""
+    import numpy as np
+
+    from napari_medseg.inference.auto2d import normalize
+
+    data = image.array.astype(np.float32)[None]
+    normalize(data, data[0] > 0, loaded.preprocessing["normalization"])
+    planes = data[0, 1::2]
+    h, w = planes.shape[1:]
+    k = min(size // h, size // w)
+    if k == 0:
+        raise SystemExit(f"MNI slices of {h} x {w} do not fit {size}^2 canvases")
+    canvas = np.zeros((batch, 1, size, size), np.float32)
+    centre = len(planes) // 2  # the middle slices: brain fills most of them
+    chosen = planes[max(0, centre - k * k * batch // 2):][:k * k * batch]
+    for i, plane in enumerate(chosen):
+        row, col = divmod(i % (k * k), k)
+        canvas[i // (k * k), 0, row * h:(row + 1) * h, col * w:(col + 1) * w] = plane
+    return torch.from_numpy(canvas)
 
 
 def flops_of(network, x) -> int:
@@ -67,12 +119,21 @@ def main():
     parser.add_argument("--compile-mode", default="default",
                         help="torch.compile mode, e.g. max-autotune-no-cudagraphs (slow to compile); 'none' skips it")
     parser.add_argument("--shapes", default="1x256,8x512", help="comma-separated BATCHxSIZE")
+    parser.add_argument("--train-steps", type=int, default=0,
+                        help="train a new network on MNI152 white matter first; its inputs are then mosaics of "
+                             "MNI slices (else random weights on random inputs)")
+    parser.add_argument("--mni", help="npz with t1, wm and origin arrays (where nilearn is absent)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU")
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 for the reference numbers
     torch.backends.cudnn.allow_tf32 = False
-    network, channels = build(args.family, args.checkpoint)
+    image = None
+    if args.train_steps:
+        loaded, image = trained_on_mni(args.family, args.mni, args.train_steps)
+        network, channels = loaded.network, 1
+    else:
+        network, channels = build(args.family, args.checkpoint)
     network = network.cuda().eval()
     backend = scan.backend_for(torch.device("cuda"))
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.family}, scan backend {backend}")
@@ -97,7 +158,10 @@ def main():
 
     for shape in args.shapes.split(","):
         batch, size = (int(v) for v in shape.split("x"))
-        x = torch.randn(batch, channels, size, size, device="cuda")
+        if image is None:
+            x = torch.randn(batch, channels, size, size, device="cuda")
+        else:
+            x = mni_mosaics(loaded, image, batch, size).cuda()
         flops = flops_of(network, x)
         reference = fp32(x).argmax(1)
         variants = {"fp32 eager": fp32, "bf16 autocast": bf16, "fp16 autocast": fp16}
@@ -111,13 +175,19 @@ def main():
         print(f"batch {batch} x {size}^2: {flops / 1e9:.1f} GFLOP per batch (scan excluded)")
         for name, fn in variants.items():
             try:
-                agreement = (fn(x).argmax(1) == reference).float().mean().item()
+                same = fn(x).argmax(1) == reference
+                agreement = same.float().mean().item()
+                if image is not None:  # also over the brain alone (the canvases are mostly background)
+                    brain = x[:, 0] != 0
+                    agreement_text = f"{agreement:.5f} (brain {same[brain].float().mean().item():.5f})"
+                else:
+                    agreement_text = f"{agreement:.5f}"
                 ms = cuda_ms(lambda: fn(x), args.iterations)
             except Exception as exc:
                 print(f"  {name:22s} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
                 continue
             print(f"  {name:22s} {ms:9.2f} ms  {batch / ms * 1e3:8.1f} img/s  {flops / ms / 1e9:7.2f} TFLOP/s"
-                  f"  arg-max agreement {agreement:.5f}")
+                  f"  arg-max agreement {agreement_text}")
         outputs = {}
         for name in ("torch", "triton", "mamba_ssm"):
             if (name == "mamba_ssm" and scan.mamba_ssm_scan() is None) or (name == "triton" and not scan.triton_available()):

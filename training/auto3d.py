@@ -34,13 +34,15 @@ class PreparedVolume:
 
 
 def new_swin_smt(cases: list[Case], architecture: dict):
-    """A new Swin SMT for the data's classes (``feature_size`` 48, 128^3 windows at 1.5 mm unless given)."""
+    """A new Swin SMT for the data's classes (README config: ``feature_size`` 48, ``use_v2``, 4 experts in 3 stages;
+    128^3 windows at 1.5 mm; each unless given)."""
     from napari_medseg.models.loaded import LoadedModel
     from napari_medseg.models.swin_smt import ROI_SIZE, SPACING, SwinSMT, preprocessing_from
 
     classes = consecutive(class_names(cases))
     network = SwinSMT(in_channels=1, out_channels=len(classes), feature_size=int(architecture.get("feature_size", 48)),
-                      num_experts=int(architecture.get("num_experts", 4)), moe_stages=int(architecture.get("moe_stages", 3)))
+                      use_v2=bool(architecture.get("use_v2", True)), num_experts=int(architecture.get("num_experts", 4)),
+                      moe_stages=int(architecture.get("moe_stages", 3)))
     preprocessing = preprocessing_from({"roi_size": architecture.get("roi_size", ROI_SIZE),
                                     "spacing": architecture.get("spacing", SPACING)})
     return LoadedModel(network=network, family="swin_smt", task="auto3d", classes=classes, preprocessing=preprocessing,

@@ -42,10 +42,12 @@ def add_arguments(parser) -> None:
 
 
 def _architecture(items: list[str]) -> dict:
-    """``KEY=VALUE`` pairs; numbers stay numbers, comma-separated values become lists."""
+    """``KEY=VALUE`` pairs; numbers stay numbers, true/false become booleans, comma-separated values lists."""
     from napari_medseg.errors import MedsegError
 
     def number(text: str):
+        if text.lower() in ("true", "false"):
+            return text.lower() == "true"
         try:
             return int(text)
         except ValueError:

@@ -23,11 +23,12 @@ DEFAULT_BATCH = {"cpu": 1, "cuda": 8}  # 8 x 512^2 tiles: ~4 GB on a GPU
 
 
 def predict_auto2d(loaded: LoadedModel, image: Image, *, device=None, mirror: bool = False,
-                   batch_size: int | None = None, progress=None, cancel=None, slices=None) -> np.ndarray:
+                   batch_size: int | None = None, progress=None, cancel=None, slices=None, dtype=None) -> np.ndarray:
     """The label map of ``image`` (shape ``image.spatial_shape``, uint8 or uint16).
 
     ``slices`` limits a volume to these indices along the axis the model slides over (the other slices
     stay 0). ``mirror`` averages over the flips the model allows. ``device`` defaults to CUDA when present.
+    ``dtype``: the GPU's autocast type (default ``precision.default_dtype``: bfloat16 where native).
     """
     import torch
 
@@ -37,7 +38,7 @@ def predict_auto2d(loaded: LoadedModel, image: Image, *, device=None, mirror: bo
     loaded.to(device)
     batch_size = batch_size or DEFAULT_BATCH.get(device.type, 1)
     scheme = loaded.preprocessing.get("scheme")
-    runner = _Runner(loaded.network, device, batch_size)
+    runner = _Runner(loaded.network, device, batch_size, dtype)
     if scheme == "nnunet":
         return _predict_nnunet(loaded, image, runner, mirror, slices, progress, cancel)
     if scheme in ("vm_unet_isic", "vm_unet_synapse"):
@@ -87,13 +88,15 @@ def resize_plane(plane: np.ndarray, shape, order: int) -> np.ndarray:
 
 
 class _Runner:
-    """Runs the network on batches of tiles, with autocast on CUDA as nnU-Net does."""
+    """Runs the network on batches of tiles, under autocast on CUDA (as nnU-Net does)."""
 
-    def __init__(self, network, device, batch_size: int):
+    def __init__(self, network, device, batch_size: int, dtype=None):
         from .cuda_graphs import network_graphs
+        from .precision import Precision
 
         self.device, self.batch_size = device, batch_size
         self.forward = network_graphs(network)  # on CUDA: one graph per batch shape, kept with the network
+        self.precision = Precision(device, dtype)
 
     def __call__(self, tiles: np.ndarray, mirror_axes=()) -> np.ndarray:
         """(n, C, h, w) float32 -> (n, K, h, w) float32 network outputs, averaged over the mirrorings."""
@@ -109,12 +112,12 @@ class _Runner:
         x = torch.from_numpy(np.ascontiguousarray(tiles))
         if self.device.type == "cuda":  # pinned and asynchronous: the host prepares the next batch meanwhile
             x = x.pin_memory().to(self.device, non_blocking=True)
-        with torch.inference_mode(), torch.autocast("cuda", enabled=self.device.type == "cuda"):
-            out = self.forward(x).to(torch.float32, copy=True)  # the replayed output buffer is reused next call
+        with torch.inference_mode():
+            out = self.precision(self.forward, x).to(torch.float32, copy=True)  # the replayed buffer is reused
             flips = [c for i in range(len(mirror_axes)) for c in itertools.combinations(mirror_axes, i + 1)]
             for axes in flips:
                 dims = [a + 2 for a in axes]
-                out += torch.flip(self.forward(torch.flip(x, dims)), dims).float()
+                out += torch.flip(self.precision(self.forward, torch.flip(x, dims)), dims).float()
         return out[:count] / (len(flips) + 1)
 
 

@@ -25,10 +25,10 @@ from ..errors import MedsegError
 from ..io.image import Image
 from ..models.loaded import LoadedModel
 from ..progress import CancelCheck, Progress, ProgressCallback
+from .precision import autocast_dtype
 
 log = logging.getLogger(__name__)
 
-AUTOCAST_DTYPES = ("float16", "bfloat16", "float32")
 
 
 def predict_auto3d(
@@ -47,7 +47,8 @@ def predict_auto3d(
     """Label map of ``image`` (shape ``image.spatial_shape``; 0 = background, values = ``loaded.classes``).
 
     ``structures`` keeps only those labels (names or values; the argmax still runs over all classes).
-    On GPU the network runs under fp16 autocast by default (``dtype``: float16, bfloat16 or float32),
+    On GPU the network runs under autocast (``dtype``: float16, bfloat16 or float32; default bfloat16 where
+    the GPU has it natively, else float16 with a float32 retry of non-finite outputs: ``precision``),
     two windows per batch; a GPU out-of-memory error retries with one window, then on the CPU, each
     announced through ``warn`` (default: the module logger). The network stays on the device last used.
     """
@@ -129,17 +130,6 @@ def _from_ras(labels: np.ndarray, orientation: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(orientations.apply_orientation(labels, back).transpose(2, 1, 0))
 
 
-def _autocast_dtype(dtype, device):
-    import torch
-
-    if dtype is None:
-        return torch.float16 if device.type == "cuda" else torch.float32
-    name = str(dtype).removeprefix("torch.")
-    if name not in AUTOCAST_DTYPES:
-        raise MedsegError(f"Unknown dtype {dtype!r}; use one of {', '.join(AUTOCAST_DTYPES)}")
-    return getattr(torch, name)
-
-
 def _segment_ras(loaded, volume, spacing, device, batch_size, overlap, dtype, progress, cancel, warn) -> np.ndarray:
     """Labels of the RAS volume at its own grid."""
     import torch
@@ -159,7 +149,7 @@ def _segment_ras(loaded, volume, spacing, device, batch_size, overlap, dtype, pr
         box = _foreground_box(x) if prep.get("crop_foreground", True) else tuple(slice(0, n) for n in grid)
         labels = sliding_window_labels(
             loaded.network, x[box], roi, overlap=overlap, batch_size=batch_size, device=device,
-            dtype=_autocast_dtype(dtype, device), progress=progress, cancel=cancel, warn=warn,
+            dtype=autocast_dtype(dtype, device), progress=progress, cancel=cancel, warn=warn,
         )
     full = np.zeros(grid, dtype=labels.dtype)
     full[box] = labels
@@ -193,9 +183,9 @@ def sliding_window_labels(network, volume, roi_size, *, overlap=0.5, batch_size=
     from monai.data.utils import compute_importance_map, dense_patch_slices
 
     from .cuda_graphs import GraphCache
+    from .precision import Precision
 
     device = torch.device(device or volume.device)
-    dtype = dtype or torch.float32
     network.to(device).eval()
     if hasattr(network, "use_fused_attention"):
         network.use_fused_attention(device.type == "cuda")
@@ -209,6 +199,7 @@ def sliding_window_labels(network, volume, roi_size, *, overlap=0.5, batch_size=
     windows.sort(key=lambda w: w[axis].start)  # stable: MONAI's order within a slab
     weight = compute_importance_map(roi_size, mode="gaussian", sigma_scale=0.125, device=device)
     accumulator, warn = None, warn or log.warning
+    precision = Precision(device, dtype or torch.float32, warn)
     forward = GraphCache(network, limit=2)  # on CUDA a window batch is launch-bound: replay it as one graph
     steps = Progress(len(windows), "Segmenting", progress, cancel)
     for start in sorted({w[axis].start for w in windows}):
@@ -216,8 +207,7 @@ def sliding_window_labels(network, volume, roi_size, *, overlap=0.5, batch_size=
         for first in range(0, len(plane), batch_size):
             batch = plane[first:first + batch_size]
             inputs = torch.stack([volume[w] for w in batch])[:, None]
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                logits = forward(inputs)
+            logits = precision(forward, inputs)
             if accumulator is None:
                 accumulator = _SlabAccumulator(logits.shape[1], padded, axis, roi_size[axis], device, warn)
                 weight = weight.to(accumulator.sums.device)

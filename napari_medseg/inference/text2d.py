@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import MedsegError, PromptError
 from ..io.image import Image
+from .precision import Precision
 
 LARGE_LESION_MARGIN = 1.25
 
@@ -162,11 +163,8 @@ def predict_crop(loaded, pixels: np.ndarray, report: str, *, mirror: bool, devic
     network = loaded.network.eval()
     x = torch.from_numpy(padded)[None, None].to(device)
     axes = preprocessing.get("mirror_axes", []) if mirror else []
-    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else torch.autocast(
-        device.type, enabled=False)
-    with torch.no_grad(), autocast:
-        lang_feat = network.encode_report(report)
-        logits = mirrored_logits(network, x, lang_feat, axes)[0]
+    with torch.no_grad():
+        logits = Precision(device)(lambda: mirrored_logits(network, x, network.encode_report(report), axes))[0]
     if preprocessing.get("output") == "sigmoid":
         foreground = (torch.sigmoid(logits) > 0.5).any(dim=0)
     else:

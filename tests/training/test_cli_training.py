@@ -135,3 +135,10 @@ def test_torchrun_two_processes(device, mni, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["samples"] == 3
     prompt = {} if device == "cuda" else {"box": (30, 40, 170, 200)}
     assert segment(mni[0].array[92], "wm-ddp", device=device, **prompt).shape == (233, 197)
+
+
+def test_arch_values_keep_their_types():
+    from napari_medseg.cli_commands.train import _architecture
+
+    assert _architecture(["use_v2=false", "num_experts=32", "spacing=1.5,1.5,2", "name=x"]) == {
+        "use_v2": False, "num_experts": 32, "spacing": [1.5, 1.5, 2], "name": "x"}

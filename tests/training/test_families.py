@@ -83,7 +83,8 @@ ROUND_TRIP = {  # model: (architecture of the new network, batch's spatial shape
     "vm-unet-synapse": ({"embed_dim": 24}, (224, 224)),
     "lvm-med-unet": ({}, (256, 256)),
     "llm-swin-umamba": ({}, (256, 256)),
-    "swin-smt": ({"feature_size": 12, "roi_size": [64, 64, 64], "spacing": [4.0, 4.0, 4.0]}, (64, 64, 64)),
+    "swin-smt": ({"feature_size": 12, "use_v2": False, "num_experts": 8, "roi_size": [64, 64, 64],
+                  "spacing": [4.0, 4.0, 4.0]}, (64, 64, 64)),  # the paper's v1 variant
 }
 
 
