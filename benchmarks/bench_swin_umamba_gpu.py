@@ -203,6 +203,28 @@ def main():
                 same = (outputs[name].argmax(1) == outputs["torch"].argmax(1)).float().mean()
                 print(f"  scan {name} vs torch: relative max logit difference {diff.item():.2e}, "
                       f"arg-max agreement {same.item():.5f}")
+    if image is not None:
+        pipeline_agreement(loaded, image)
+
+
+def pipeline_agreement(loaded, image) -> None:
+    """predict_auto2d on the whole MNI volume: the default autocast type against float32, and its time."""
+    import time
+
+    from napari_medseg.inference.auto2d import predict_auto2d
+    from napari_medseg.inference.precision import default_dtype
+
+    reference = predict_auto2d(loaded, image, device="cuda", dtype="float32")
+    for dtype in (None, "float16"):
+        predict_auto2d(loaded, image, device="cuda", dtype=dtype)  # warm-up: graph capture
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        labels = predict_auto2d(loaded, image, device="cuda", dtype=dtype)
+        seconds = time.perf_counter() - start
+        brain = image.array > 0
+        name = f"default ({str(default_dtype(torch.device('cuda'))).removeprefix('torch.')})" if dtype is None else dtype
+        print(f"predict_auto2d, {image.array.shape} volume, {name}: {seconds:.2f} s, arg-max agreement with float32 "
+              f"{(labels == reference).mean():.5f} (brain {(labels[brain] == reference[brain]).mean():.5f})")
 
 
 if __name__ == "__main__":

@@ -39,3 +39,11 @@ def test_finite_float16_output_stays_in_float16():
     precision = Precision(torch.device("cpu"), torch.float16, warnings.append)
     out = precision(network, torch.randn(2, 16))
     assert out.dtype is torch.float16 and precision.dtype is torch.float16 and not warnings
+
+
+@pytest.mark.gpu
+def test_cuda_default_is_bfloat16_where_the_gpu_has_it():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    native = torch.cuda.get_device_capability()[0] >= 8
+    assert default_dtype(torch.device("cuda")) is (torch.bfloat16 if native else torch.float16)
