@@ -1,6 +1,8 @@
-"""Runs core functions off the GUI thread with a progress bar and a cancel button."""
+"""Runs core functions off the GUI thread with a progress bar and a cancel button; warnings the core
+logs meanwhile (a float32 fallback, a smaller batch after running out of GPU memory) become notifications."""
 from __future__ import annotations
 
+import logging
 import threading
 import traceback
 from typing import Callable
@@ -11,6 +13,18 @@ from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QWidget
 
 class _Bridge(QObject):
     progressed = Signal(int, int, str)
+    warned = Signal(str)
+
+
+class _WarningsTo(logging.Handler):
+    """Passes WARNING and worse records to ``emit_text`` (a signal's emit: thread-safe)."""
+
+    def __init__(self, emit_text: Callable[[str], None]):
+        super().__init__(logging.WARNING)
+        self.emit_text = emit_text
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.emit_text(record.getMessage())
 
 
 class TaskRunner(QWidget):
@@ -32,6 +46,7 @@ class TaskRunner(QWidget):
         layout.addWidget(self.cancel_button)
         self._bridge = _Bridge()
         self._bridge.progressed.connect(self._show_progress)
+        self._bridge.warned.connect(lambda text: self._notify("warning", text))
         self._set_idle("Ready")
 
     @property
@@ -70,7 +85,12 @@ class TaskRunner(QWidget):
         self.cancel_button.setEnabled(True)
 
         def job():
-            return fn(progress=self._bridge.progressed.emit, cancel=self._cancel_event.is_set)
+            core_log, handler = logging.getLogger("napari_medseg"), _WarningsTo(self._bridge.warned.emit)
+            core_log.addHandler(handler)
+            try:
+                return fn(progress=self._bridge.progressed.emit, cancel=self._cancel_event.is_set)
+            finally:
+                core_log.removeHandler(handler)
 
         def errored(exc):
             if isinstance(exc, Cancelled):

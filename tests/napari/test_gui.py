@@ -111,3 +111,27 @@ def test_corrupt_file_gives_a_notification_not_a_crash(make_napari_viewer, tmp_p
     layers = viewer.open(str(bad), plugin=PLUGIN)
     assert layers == [] and len(viewer.layers) == 0
     assert messages and "broken.nii.gz" in messages[0]
+
+
+def test_core_warnings_during_a_task_become_notifications(make_napari_viewer):
+    import logging
+
+    from qtpy.QtCore import QCoreApplication
+
+    from napari_medseg._napari.runner import TaskRunner
+
+    make_napari_viewer()
+    messages = []
+    runner = TaskRunner(lambda level, text: messages.append((level, text)))
+
+    def job(progress, cancel):
+        logging.getLogger("napari_medseg.inference.precision").warning("float16 overflowed; continuing in float32")
+        return 1
+
+    runner.run(job, lambda result: None)
+    runner.wait(10000)
+    QCoreApplication.processEvents()
+    assert ("warning", "float16 overflowed; continuing in float32") in messages
+    logging.getLogger("napari_medseg").warning("outside any task")
+    QCoreApplication.processEvents()
+    assert all(text != "outside any task" for _, text in messages)
