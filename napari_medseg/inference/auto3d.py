@@ -30,7 +30,6 @@ from .precision import autocast_dtype
 log = logging.getLogger(__name__)
 
 
-
 def predict_auto3d(
     loaded: LoadedModel,
     image: Image,

@@ -198,7 +198,9 @@ class _Problem:
         self.B = _StatePart(B, self.batch, self.channels, groups, self.chunk)
         self.C = _StatePart(C, self.batch, self.channels, groups, self.chunk)
         # A as (1, G, 1, 1, N, Dg) to broadcast over (b, G, M, T, N, Dg)
-        self.A = A.float().view(groups, self.channels // groups, self.state_size).transpose(1, 2).contiguous()[None, :, None, None]
+        # (contiguous: a strided inner dimension makes the broadcast multiply as slow as the exponential)
+        A = A.float().view(groups, self.channels // groups, self.state_size).transpose(1, 2).contiguous()
+        self.A = A[None, :, None, None]
         chunks = self.delta_chunks.shape[2]
         self.blocks = [(m, min(m + self.block_chunks, chunks)) for m in range(0, chunks, self.block_chunks)]
 
