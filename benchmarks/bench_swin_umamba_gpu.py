@@ -146,7 +146,7 @@ def main():
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
             return network(x).float()
 
-    def fp16(x):  # nnU-Net's (and predict_auto2d's) autocast type
+    def fp16(x):  # nnU-Net's autocast type (predict_auto2d's only on GPUs without native bf16)
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, cache_enabled=False):
             return network(x).float()
 
@@ -215,13 +215,13 @@ def pipeline_agreement(loaded, image) -> None:
     from napari_medseg.inference.precision import default_dtype
 
     reference = predict_auto2d(loaded, image, device="cuda", dtype="float32")
+    brain = image.array > 0
     for dtype in (None, "float16"):
         predict_auto2d(loaded, image, device="cuda", dtype=dtype)  # warm-up: graph capture
         torch.cuda.synchronize()
         start = time.perf_counter()
         labels = predict_auto2d(loaded, image, device="cuda", dtype=dtype)
         seconds = time.perf_counter() - start
-        brain = image.array > 0
         name = f"default ({str(default_dtype(torch.device('cuda'))).removeprefix('torch.')})" if dtype is None else dtype
         print(f"predict_auto2d, {image.array.shape} volume, {name}: {seconds:.2f} s, arg-max agreement with float32 "
               f"{(labels == reference).mean():.5f} (brain {(labels[brain] == reference[brain]).mean():.5f})")
