@@ -12,8 +12,9 @@ log-depth (Hillis-Steele) scan over the chunks turns these into each chunk's tru
 second sweep writes the states from there. Only products of decays ``exp(delta * A) <= 1`` are formed,
 so this is as stable as the reference recurrence (no ``exp(-cumsum(delta * A))``, which overflows for
 long chunks or fast decays). Chunks are processed in blocks sized to a memory budget, in buffers that
-are reused from block to block. The backward pass recomputes the states block by block from the saved
-block start states and runs the adjoint recurrence backwards with the same scheme.
+are reused from block to block; on the CPU all intermediates live in scratch memory kept between calls
+(``_Scratch``). The backward pass recomputes the states block by block from the saved block start
+states and runs the adjoint recurrence backwards with the same scheme.
 
 Layout: ``(batch, groups, chunks, T, N, channels per group)``: a time step of all chunks is a slice with
 contiguous runs of ``N * channels`` elements, the layout is one batched 2-D transpose of the
@@ -22,6 +23,7 @@ contiguous runs of ``N * channels`` elements, the layout is one batched 2-D tran
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,8 @@ import torch.nn.functional as F
 CPU_BLOCK_ELEMENTS = 1 << 21
 GPU_BLOCK_ELEMENTS = 1 << 26
 CHUNK = 16  # steps per chunk (at most): the per-step loop costs 2 * CHUNK operations per block
+LOG2_E = math.log2(math.e)  # exp(x) is computed as exp2(x log2 e): PyTorch's CPU exp2 is 4x faster than exp
+SCRATCH_LIMIT = 1 << 25  # float32 elements (128 MiB) of CPU scratch memory kept between calls, at most
 
 
 def _plan(length: int, per_step: int, device: torch.device) -> tuple[int, int]:
@@ -40,49 +44,89 @@ def _plan(length: int, per_step: int, device: torch.device) -> tuple[int, int]:
     return chunk, max(1, steps // chunk)
 
 
-def _softplus(x: torch.Tensor) -> torch.Tensor:
-    """torch's softplus (threshold 20). On the CPU log1p(e) is computed as log(w) e / (w - 1), w = 1 + e
-    (Goldberg; a few ulps like log1p itself): PyTorch's CPU log1p is not vectorised and costs 5x more."""
+class _Scratch:
+    """Memory for the intermediates of one scan call, reused from call to call on the CPU.
+
+    Memory that the C allocator has just obtained from the OS costs a page fault per 4 KiB page when first
+    written (about 1 us each in a VM: a third of the scan's time); the CUDA caching allocator already
+    reuses memory. One arena serves the process, taken by one call at a time (a concurrent call allocates
+    normally). It grows to the largest need seen, up to ``SCRATCH_LIMIT`` elements, and is kept. Nothing
+    a call returns or saves for backward may come from it.
+    """
+
+    _lock = threading.Lock()
+    _arena: torch.Tensor | None = None
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.owner = device.type == "cpu" and _Scratch._lock.acquire(blocking=False)
+        self.used = 0
+
+    def __enter__(self) -> "_Scratch":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.owner:
+            arena = _Scratch._arena
+            if (0 if arena is None else arena.numel()) < self.used <= SCRATCH_LIMIT:
+                _Scratch._arena = torch.empty(self.used)
+            _Scratch._lock.release()
+
+    def empty(self, *shape: int) -> torch.Tensor:
+        numel = math.prod(shape)
+        if self.owner:
+            start = self.used
+            self.used += -(-numel // 16) * 16  # 64-byte aligned
+            arena = _Scratch._arena
+            if arena is not None and self.used <= arena.numel():
+                return arena[start:start + numel].view(shape)
+        return torch.empty(shape, device=self.device)
+
+
+def _softplus(x: torch.Tensor, scratch: _Scratch) -> torch.Tensor:
+    """torch's softplus (threshold 20). On the CPU log1p(e) is computed as log(w) - ((w - 1) - e) / w with
+    w = 1 + e (the rounding of w corrected to first order; a few ulps like log1p itself), and e with exp2:
+    PyTorch's CPU log1p is not vectorised and costs 12x more."""
     if x.device.type != "cpu":
         return F.softplus(x)
-    e = torch.exp(x.clamp(max=20.0))
-    w = e + 1.0
-    log1p = torch.where(w == 1.0, e, torch.log(w).mul_(e).div_(w - 1.0))
-    return torch.where(x > 20.0, x, log1p)
+    e = torch.clamp(x, max=20.0, out=scratch.empty(*x.shape)).mul_(LOG2_E).exp2_()
+    w = torch.add(e, 1.0, out=scratch.empty(*x.shape))
+    rounding = torch.sub(w, 1.0, out=scratch.empty(*x.shape)).sub_(e).div_(w)
+    return torch.maximum(w.log_().sub_(rounding), x, out=w)  # softplus(x) >= x, equal above the threshold
 
 
-def _swap_last(x: torch.Tensor) -> torch.Tensor:
-    """``x.transpose(-1, -2).contiguous()``; on the CPU as 2-D copies, which PyTorch copies in cache-sized
+def _swap_last(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out[...] = x.transpose(-1, -2)``; on the CPU as 2-D copies, which PyTorch copies in cache-sized
     tiles (twice as fast as the general strided copy)."""
-    leading = math.prod(x.shape[:-2])
-    if x.device.type != "cpu" or leading > 256 or min(x.shape[-2:]) == 1:
-        return x.transpose(-1, -2).contiguous()
+    if x.device.type != "cpu" or math.prod(x.shape[:-2]) > 256:
+        return out.copy_(x.transpose(-1, -2))
     x = x.contiguous()
-    out = x.new_empty(*x.shape[:-2], x.shape[-1], x.shape[-2])
     for source, target in zip(x.view(-1, *x.shape[-2:]), out.view(-1, *out.shape[-2:])):
         target.copy_(source.t())
     return out
 
 
-def _to_chunks(x: torch.Tensor, chunk: int, groups: int) -> torch.Tensor:
-    """(b, K, L) -> (b, G, chunks, T, K // G), zero-padded to whole chunks."""
+def _to_chunks(x: torch.Tensor, chunk: int, groups: int, scratch: _Scratch) -> torch.Tensor:
+    """(b, K, L) -> (b, G, chunks, T, K // G), zero-padded to whole chunks, in scratch memory."""
     b, k, length = x.shape
     if length % chunk:
         x = F.pad(x, (0, -length % chunk))
-    x = _swap_last(x.reshape(b, groups, k // groups, -1))
+    x = x.reshape(b, groups, k // groups, -1)
+    x = _swap_last(x, scratch.empty(b, groups, x.shape[-1], k // groups))
     return x.view(b, groups, -1, chunk, k // groups)
 
 
 def _from_chunks(x: torch.Tensor, length: int) -> torch.Tensor:
-    """(b, G, chunks, T, K // G) -> (b, K, length)."""
+    """(b, G, chunks, T, K // G) -> (b, K, length), in new memory."""
     b, g, m, t, k = x.shape
-    return _swap_last(x.reshape(b, g, m * t, k)).view(b, g * k, m * t)[..., :length]
+    out = x.new_empty(b, g, k, m * t)
+    return _swap_last(x.reshape(b, g, m * t, k), out).view(b, g * k, m * t)[..., :length]
 
 
 class _StatePart:
     """B or C: variable (b, G_x, N, L) / (b, N, L), or constant (D, N), laid out as (b, G, chunks, T, N)."""
 
-    def __init__(self, x: torch.Tensor, batch: int, channels: int, groups: int, chunk: int):
+    def __init__(self, x: torch.Tensor, batch: int, channels: int, groups: int, chunk: int, scratch: _Scratch):
         self.shape, self.dtype = x.shape, x.dtype
         self.constant = x.dim() == 2
         if self.constant:  # one group per channel, the same at every step
@@ -92,7 +136,7 @@ class _StatePart:
         x = x.float().view(batch, -1, x.shape[-2], x.shape[-1])
         self.own_groups = x.shape[1]
         x = x.repeat_interleave(groups // self.own_groups, dim=1)
-        self.chunked = _to_chunks(x.reshape(batch, -1, x.shape[-1]), chunk, groups)
+        self.chunked = _to_chunks(x.reshape(batch, -1, x.shape[-1]), chunk, groups, scratch)
 
     @staticmethod
     def groups(x: torch.Tensor, channels: int) -> int:
@@ -174,10 +218,14 @@ def _backward_states(decay: torch.Tensor, adjoints: torch.Tensor, chunk_decay: t
     return flows[:, :, 0]
 
 
+def _raw_delta(delta: torch.Tensor, delta_bias: torch.Tensor | None) -> torch.Tensor:
+    return delta.float() if delta_bias is None else delta.float() + delta_bias.float()[:, None]
+
+
 class _Problem:
     """Inputs in the chunked layout, and the blocks of chunks; shared by forward and backward."""
 
-    def __init__(self, u, delta, A, B, C, delta_bias, delta_softplus):
+    def __init__(self, u, delta, A, B, C, delta_bias, delta_softplus, scratch: _Scratch):
         if A.is_complex():
             raise NotImplementedError("The PyTorch selective scan supports real A only (as every VMamba model)")
         self.batch, self.channels, self.length = u.shape
@@ -188,35 +236,38 @@ class _Problem:
                              f"{self.channels} channels")
         self.groups = groups
         self.chunk, self.block_chunks = _plan(self.length, self.batch * self.channels * self.state_size, u.device)
-        raw = delta.float() if delta_bias is None else delta.float() + delta_bias.float()[:, None]
-        self.raw_delta = raw
-        delta = _softplus(raw) if delta_softplus else raw
-        self.delta = delta
+        self.scratch = scratch
+        delta = delta.float()
+        if delta_bias is not None:
+            delta = torch.add(delta, delta_bias.float()[:, None], out=scratch.empty(*delta.shape))
+        if delta_softplus:
+            delta = _softplus(delta, scratch)
         self.u = u.float()
-        self.delta_chunks = _to_chunks(delta, self.chunk, groups).unsqueeze(-2)  # (b, G, chunks, T, 1, Dg)
-        self.delta_u_chunks = _to_chunks(delta * self.u, self.chunk, groups).unsqueeze(-2)
-        self.B = _StatePart(B, self.batch, self.channels, groups, self.chunk)
-        self.C = _StatePart(C, self.batch, self.channels, groups, self.chunk)
+        self.delta_chunks = _to_chunks(delta, self.chunk, groups, scratch).unsqueeze(-2)  # (b, G, chunks, T, 1, Dg)
+        delta_u = torch.mul(delta, self.u, out=scratch.empty(*delta.shape))
+        self.delta_u_chunks = _to_chunks(delta_u, self.chunk, groups, scratch).unsqueeze(-2)
+        self.B = _StatePart(B, self.batch, self.channels, groups, self.chunk, scratch)
+        self.C = _StatePart(C, self.batch, self.channels, groups, self.chunk, scratch)
         # A as (1, G, 1, 1, N, Dg) to broadcast over (b, G, M, T, N, Dg)
         # (contiguous: a strided inner dimension makes the broadcast multiply as slow as the exponential)
         A = A.float().view(groups, self.channels // groups, self.state_size).transpose(1, 2).contiguous()
         self.A = A[None, :, None, None]
+        self.A_log2 = self.A * LOG2_E
         chunks = self.delta_chunks.shape[2]
         self.blocks = [(m, min(m + self.block_chunks, chunks)) for m in range(0, chunks, self.block_chunks)]
 
     def buffers(self, count: int) -> list[torch.Tensor]:
         """``count`` reusable (b, G, M, T, N, Dg) block buffers (allocated once: they stay in cache)."""
         b, g, _, t, _, dg = self.delta_chunks.shape
-        shape = (b, g, self.block_chunks, t, self.state_size, dg)
-        return [self.u.new_empty(shape) for _ in range(count)]
+        return [self.scratch.empty(b, g, self.block_chunks, t, self.state_size, dg) for _ in range(count)]
 
     def inputs(self, first: int, last: int, decay: torch.Tensor, inputs: torch.Tensor):
         """Decays a, inputs delta*u*B (into the buffers) and chunk decays of chunks [first, last)."""
         decay, inputs = decay[:, :, :last - first], inputs[:, :, :last - first]
         delta = self.delta_chunks[:, :, first:last]
-        torch.mul(delta, self.A, out=decay).exp_()
+        torch.exp2(torch.mul(delta, self.A_log2, out=decay), out=decay)
         torch.mul(self.delta_u_chunks[:, :, first:last], self.B.block(first, last).unsqueeze(-1), out=inputs)
-        chunk_decay = torch.mul(delta.sum(3), self.A[:, :, :, 0]).exp_()
+        chunk_decay = torch.mul(delta.sum(3), self.A_log2[:, :, :, 0]).exp2_()
         return decay, inputs, chunk_decay
 
     def zero_state(self) -> torch.Tensor:
@@ -226,19 +277,20 @@ class _Problem:
 class SelectiveScanFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        p = _Problem(u, delta, A, B, C, delta_bias, delta_softplus)
-        y = torch.empty_like(p.delta_chunks)
-        state = p.zero_state()
-        starts = []
-        buffers = p.buffers(2)
-        for first, last in p.blocks:
-            starts.append(state)
-            decay, states, chunk_decay = p.inputs(first, last, *buffers)
-            state = _forward_states(decay, states, chunk_decay, state)
-            y[:, :, first:last] = torch.matmul(p.C.block(first, last).unsqueeze(-2), states)
-        y = _from_chunks(y.squeeze(-2), p.length)
+        with _Scratch(u.device) as scratch:
+            p = _Problem(u, delta, A, B, C, delta_bias, delta_softplus, scratch)
+            y = scratch.empty(*p.delta_chunks.shape)
+            state = p.zero_state()
+            starts = []
+            buffers = p.buffers(2)
+            for first, last in p.blocks:
+                starts.append(state)
+                decay, states, chunk_decay = p.inputs(first, last, *buffers)
+                state = _forward_states(decay, states, chunk_decay, state)
+                torch.matmul(p.C.block(first, last).unsqueeze(-2), states, out=y[:, :, first:last])
+            y = _from_chunks(y.squeeze(-2), p.length)
         if D is not None:
-            y = y + p.u * D.float()[:, None]
+            y.addcmul_(p.u, D.float()[:, None])
         out = y if z is None else y * F.silu(z.float())
         last_state = state.transpose(2, 3).reshape(p.batch, p.channels, p.state_size)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, y if z is not None else None, torch.stack(starts))
@@ -249,51 +301,51 @@ class SelectiveScanFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, _grad_last_state):
         u, delta, A, B, C, D, z, delta_bias, y, starts = ctx.saved_tensors
-        p = _Problem(u, delta, A, B, C, delta_bias, ctx.delta_softplus)
         grad_out = grad_out.float()
         grad_z = None
         if z is not None:
             sig = torch.sigmoid(z.float())
             grad_z = (grad_out * y * sig * (1 + z.float() * (1 - sig))).to(z.dtype)
             grad_out = grad_out * z.float() * sig
-        grad_y = _to_chunks(grad_out, p.chunk, p.groups).unsqueeze(-2)  # (b, G, chunks, T, 1, Dg)
-        u_chunks = _to_chunks(p.u, p.chunk, p.groups).unsqueeze(-2)
-        grad_u = torch.empty_like(grad_y)
-        grad_delta = torch.empty_like(grad_y)
-        grad_B = torch.empty(grad_y.shape[:4] + (p.state_size,), device=u.device)
-        grad_C = torch.empty_like(grad_B)
-        grad_A = torch.zeros_like(p.A[0, :, 0, 0])  # (G, N, Dg)
-        flow = torch.zeros_like(starts[0])
-        buffers = p.buffers(3)
-        for index in range(len(p.blocks) - 1, -1, -1):
-            first, last = p.blocks[index]
-            part = (slice(None), slice(None), slice(first, last))
-            decay, states, chunk_decay = p.inputs(first, last, *buffers[:2])
-            _forward_states(decay, states, chunk_decay, starts[index])
-            grad_C[part] = torch.matmul(states, grad_y[part].transpose(-1, -2)).squeeze(-1)
-            adjoints = torch.mul(p.C.block(first, last).unsqueeze(-1), grad_y[part],
-                                 out=buffers[2][:, :, :last - first])
-            flow = _backward_states(decay, adjoints, chunk_decay, flow)
-            grad_B[part] = torch.matmul(adjoints, p.delta_u_chunks[part].transpose(-1, -2)).squeeze(-1)
-            B_rows = p.B.block(first, last).unsqueeze(-2)  # (b, G, M, T, 1, N)
-            B_adjoint = torch.matmul(B_rows, adjoints)  # sum_n B g
-            grad_u[part] = B_adjoint * p.delta_chunks[part]
-            # a_t h_(t-1) = h_t - delta_t u_t B_t: the decay's share of d/d(delta) is sum_n A a_t h_(t-1) g_t
-            states.sub_(p.delta_u_chunks[part] * B_rows.transpose(-1, -2)).mul_(adjoints)
-            grad_A += torch.mul(states, p.delta_chunks[part], out=decay).sum((0, 2, 3))
-            grad_delta[part] = B_adjoint * u_chunks[part] + states.mul_(p.A).sum(-2, keepdim=True)
-        grad_u = _from_chunks(grad_u.squeeze(-2), p.length)
-        grad_delta = _from_chunks(grad_delta.squeeze(-2), p.length)
+        with _Scratch(u.device) as scratch:
+            p = _Problem(u, delta, A, B, C, delta_bias, ctx.delta_softplus, scratch)
+            grad_y = _to_chunks(grad_out, p.chunk, p.groups, scratch).unsqueeze(-2)  # (b, G, chunks, T, 1, Dg)
+            u_chunks = _to_chunks(p.u, p.chunk, p.groups, scratch).unsqueeze(-2)
+            grad_u, grad_delta = (scratch.empty(*grad_y.shape) for _ in range(2))
+            grad_B, grad_C = (scratch.empty(*grad_y.shape[:4], p.state_size) for _ in range(2))
+            grad_A = torch.zeros_like(p.A[0, :, 0, 0])  # (G, N, Dg)
+            flow = torch.zeros_like(starts[0])
+            buffers = p.buffers(3)
+            for index in range(len(p.blocks) - 1, -1, -1):
+                first, last = p.blocks[index]
+                part = (slice(None), slice(None), slice(first, last))
+                decay, states, chunk_decay = p.inputs(first, last, *buffers[:2])
+                _forward_states(decay, states, chunk_decay, starts[index])
+                grad_C[part] = torch.matmul(states, grad_y[part].transpose(-1, -2)).squeeze(-1)
+                adjoints = torch.mul(p.C.block(first, last).unsqueeze(-1), grad_y[part],
+                                     out=buffers[2][:, :, :last - first])
+                flow = _backward_states(decay, adjoints, chunk_decay, flow)
+                grad_B[part] = torch.matmul(adjoints, p.delta_u_chunks[part].transpose(-1, -2)).squeeze(-1)
+                B_rows = p.B.block(first, last).unsqueeze(-2)  # (b, G, M, T, 1, N)
+                B_adjoint = torch.matmul(B_rows, adjoints)  # sum_n B g
+                grad_u[part] = B_adjoint * p.delta_chunks[part]
+                # a_t h_(t-1) = h_t - delta_t u_t B_t: the decay's share of d/d(delta) is sum_n A a_t h_(t-1) g_t
+                states.sub_(p.delta_u_chunks[part] * B_rows.transpose(-1, -2)).mul_(adjoints)
+                grad_A += torch.mul(states, p.delta_chunks[part], out=decay).sum((0, 2, 3))
+                grad_delta[part] = B_adjoint * u_chunks[part] + states.mul_(p.A).sum(-2, keepdim=True)
+            grad_u = _from_chunks(grad_u.squeeze(-2), p.length)
+            grad_delta = _from_chunks(grad_delta.squeeze(-2), p.length)
+            grad_B, grad_C = p.B.gradient(grad_B, p.length), p.C.gradient(grad_C, p.length)
         grad_D = None
         if D is not None:
             grad_D = (grad_out * p.u).sum((0, 2)).to(D.dtype)
             grad_u = grad_u + grad_out * D.float()[:, None]
         if ctx.delta_softplus:
-            grad_delta = grad_delta * torch.sigmoid(p.raw_delta)
+            grad_delta = grad_delta * torch.sigmoid(_raw_delta(delta, delta_bias))
         grad_bias = grad_delta.sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
         grad_A = grad_A.transpose(1, 2).reshape(A.shape).to(A.dtype)
-        return (grad_u.to(u.dtype), grad_delta.to(delta.dtype), grad_A, p.B.gradient(grad_B, p.length),
-                p.C.gradient(grad_C, p.length), grad_D, grad_z, grad_bias, None)
+        return (grad_u.to(u.dtype), grad_delta.to(delta.dtype), grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias,
+                None)
 
 
 @torch.compiler.disable  # a loop of many small operations: tracing it would only unroll it
