@@ -5,7 +5,8 @@ against mamba_ssm's kernel.
     python benchmarks/bench_scan.py                       # CPU, B=1 D=384 N=16 L=4096 (target: >= 20x)
     python benchmarks/bench_scan.py --device cuda --batch 8
     python benchmarks/bench_scan.py --sweep               # CPU block budgets x chunk lengths
-    python benchmarks/bench_scan.py --backward            # forward + backward
+    python benchmarks/bench_scan.py --backward --length 512   # forward + backward (the reference loop's
+                                                          # backward is quadratic in L: minutes at 4096)
     python benchmarks/bench_scan.py --device cuda --batch 8 --triton-sweep   # Triton tiles x warps
 
 Timings are the minimum over ``--repeats`` runs, measured interleaved so that load from other
