@@ -232,3 +232,15 @@ def test_scratch_memory_is_reused_and_never_handed_out(use_z, small_blocks):
     assert chunked._Scratch._arena is arena  # the same memory served every call
     for got, expected in zip(together, alone, strict=True):
         assert torch.equal(got, expected)
+
+
+def test_scratch_memory_serves_calls_in_and_out_of_inference_mode(monkeypatch):
+    monkeypatch.setattr(chunked._Scratch, "_arena", None)
+    inputs = make_inputs()
+    call = (inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], inputs["D"])
+    with torch.inference_mode():  # sizes the arena
+        inside = chunked.chunked_selective_scan(*call, delta_bias=inputs["delta_bias"], delta_softplus=True)
+    with torch.no_grad():
+        outside = chunked.chunked_selective_scan(*call, delta_bias=inputs["delta_bias"], delta_softplus=True)
+    assert chunked._Scratch._arena is not None
+    assert torch.equal(inside, outside)

@@ -69,7 +69,8 @@ class _Scratch:
         if self.owner:
             arena = _Scratch._arena
             if (0 if arena is None else arena.numel()) < self.used <= SCRATCH_LIMIT:
-                _Scratch._arena = torch.empty(self.used)
+                with torch.inference_mode(False):  # usable in and out of inference mode
+                    _Scratch._arena = torch.empty(self.used)
             _Scratch._lock.release()
 
     def empty(self, *shape: int) -> torch.Tensor:
