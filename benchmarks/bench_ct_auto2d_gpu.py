@@ -80,8 +80,11 @@ def main() -> None:
           "NIfTI)")
     small = source.with_array(source.array[:8])
     for batch in args.batch_size:
+        start = time.perf_counter()
         predict_auto2d(loaded, small, device="cuda", batch_size=batch)  # warm-up: cuDNN autotuning, graph capture
         torch.cuda.synchronize()
+        print(f"batch {batch:2d}: first use (cuDNN autotuning, Triton kernels compiled or read from Triton's cache, "
+              f"CUDA graph capture) {time.perf_counter() - start:.2f} s")
         times = {}
         start = time.perf_counter()
         image = read_image(ct_path)

@@ -18,6 +18,7 @@ from ..errors import CheckpointError
 from .families import load_strict
 from .loaded import LoadedModel
 from .nnunet_checkpoint import is_nnunet_checkpoint, parse_nnunet_checkpoint
+from .scan import triton_available
 from .vmamba import PatchExpand2D, VSSLayer, VSSMEncoder
 
 FAMILIES = ("swin_umamba", "swin_umamba_d")
@@ -36,9 +37,16 @@ class ConvUnit(nn.Module):
         return self.conv(x)
 
 
+def fused_norms(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a ResBlock runs its norms and activations as the Triton kernels of ``triton_norm``: CUDA
+    inference (no gradients to ``weight``) with triton importable."""
+    return x.is_cuda and not (torch.is_grad_enabled() and weight.requires_grad) and triton_available()
+
+
 class ResBlock(nn.Module):
     """MONAI ``UnetResBlock``: two 3x3 convolutions (no bias), affine-free InstanceNorm, LeakyReLU(0.01),
-    and a 1x1 convolution + norm on the residual when the channel count changes."""
+    and a 1x1 convolution + norm on the residual when the channel count changes. For CUDA inference the
+    norms, the residual sum and the activations run fused (``triton_norm``)."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
@@ -52,6 +60,13 @@ class ResBlock(nn.Module):
             self.norm3 = nn.InstanceNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused_norms(x, self.conv1.conv.weight):
+            from .triton_norm import instance_norm_leaky_relu as norm_act
+
+            out = self.conv2(norm_act(self.conv1(x).contiguous())).contiguous()
+            if hasattr(self, "conv3"):
+                return norm_act(out, self.conv3(x).contiguous())
+            return norm_act(out, x.contiguous(), norm_residual=False)
         out = self.norm2(self.conv2(self.lrelu(self.norm1(self.conv1(x)))))
         residual = self.norm3(self.conv3(x)) if hasattr(self, "conv3") else x
         return self.lrelu(out + residual)

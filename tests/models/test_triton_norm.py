@@ -1,0 +1,105 @@
+"""The fused InstanceNorm + residual + LeakyReLU kernels against PyTorch's modules.
+
+On CPU the kernels run in Triton's interpreter, in one subprocess that executes this file as a script
+(Triton decides at import time whether it interprets) and reports the errors as JSON.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+REPO = Path(__file__).resolve().parents[2]
+TOLERANCE = 1e-5
+
+
+def _expected(x, residual, norm_residual):
+    y = F.instance_norm(x)
+    if residual is not None:
+        y = y + (F.instance_norm(residual) if norm_residual else residual)
+    return F.leaky_relu(y, 0.01)
+
+
+def _error(got, expected):
+    return ((got.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
+
+
+def _interpreted_report() -> dict:
+    """Run in the subprocess (TRITON_INTERPRET=1)."""
+    from napari_medseg.models import swin_umamba, triton_norm
+
+    triton_norm.STATS_BLOCK = 64  # planes of several blocks, the last one partial
+    triton_norm.APPLY_BLOCK = 128
+    g = torch.Generator().manual_seed(0)
+    x = 3 + 2 * torch.randn(2, 3, 9, 13, generator=g)  # an offset mean: the variance must not cancel
+    residual = torch.randn(2, 3, 9, 13, generator=g)
+    report = {}
+    for name, (r, norm_residual) in {"alone": (None, True), "normed-residual": (residual, True),
+                                     "identity-residual": (residual, False)}.items():
+        got = triton_norm.instance_norm_leaky_relu(x, r, norm_residual=norm_residual)
+        report[name] = _error(got, _expected(x, r, norm_residual))
+    volume = torch.randn(1, 2, 5, 6, 7, generator=g)  # 3-D maps (Swin SMT's decoder has them too)
+    report["volume"] = _error(triton_norm.instance_norm_leaky_relu(volume), _expected(volume, None, True))
+    swin_umamba.fused_norms = lambda *_: True  # the ResBlocks' fused path on the CPU
+    for channels in ((4, 6), (6, 6)):  # with and without the 1x1 convolution on the residual
+        torch.manual_seed(0)
+        block = swin_umamba.ResBlock(*channels).eval()
+        feature = torch.randn(2, channels[0], 10, 7)
+        with torch.no_grad():
+            fused = block(feature)
+            swin_umamba.fused_norms = lambda *_: False
+            eager = block(feature)
+            swin_umamba.fused_norms = lambda *_: True
+        report[f"resblock-{channels[0]}-{channels[1]}"] = _error(fused, eager)
+    return report
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed")
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, __file__], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", ["alone", "normed-residual", "identity-residual", "volume", "resblock-4-6",
+                                  "resblock-6-6"])
+def test_interpreted_kernels_match_pytorch(interpreted, name):
+    assert interpreted[name] < TOLERANCE, interpreted
+
+
+@pytest.mark.gpu
+def test_cuda_resblock_fused_matches_eager():
+    pytest.importorskip("triton")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from napari_medseg.models import swin_umamba
+
+    torch.manual_seed(0)
+    block = swin_umamba.ResBlock(32, 48).cuda().eval()
+    feature = torch.randn(2, 32, 64, 80, device="cuda")
+    torch.backends.cudnn.allow_tf32 = False
+    with torch.no_grad():
+        assert swin_umamba.fused_norms(feature, block.conv1.conv.weight)
+        fused = block(feature)
+    eager = block(feature)  # gradients enabled: the eager path
+    assert _error(fused, eager) < TOLERANCE
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        low = block(feature)
+    assert low.dtype == torch.bfloat16 and _error(low.float(), eager) < 2e-2
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    print(json.dumps(_interpreted_report()))
