@@ -17,6 +17,18 @@ from .scan import selective_scan
 DIRECTIONS = 4  # row-major, column-major, and both reversed
 
 
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` (same state_dict) that, under CUDA autocast, normalises a half-precision input in
+    its own dtype (the kernel's statistics are fp32) instead of autocast's fp32 copy in and fp32 output,
+    which tripled the memory traffic; the parameters are cast like a Linear's weight under autocast."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and torch.is_autocast_enabled("cuda") and x.dtype == torch.get_autocast_dtype("cuda"):
+            with torch.autocast("cuda", enabled=False):
+                return F.layer_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+        return super().forward(x)
+
+
 class DropPath(nn.Module):
     """Stochastic depth for training; the identity in eval."""
 
@@ -38,7 +50,7 @@ class PatchEmbed2D(nn.Module):
     def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
         super().__init__()
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-        self.norm = nn.LayerNorm(embed_dim)
+        self.norm = LayerNorm(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
@@ -50,7 +62,7 @@ class PatchMerging2D(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
-        self.norm = nn.LayerNorm(4 * dim)
+        self.norm = LayerNorm(4 * dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2  # odd sizes lose their last row/column
@@ -70,7 +82,7 @@ class PatchExpand2D(nn.Module):
         super().__init__()
         self.scale = scale
         self.expand = nn.Linear(in_dim, scale * scale * out_dim, bias=False)
-        self.norm = nn.LayerNorm(out_dim)
+        self.norm = LayerNorm(out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
@@ -95,7 +107,7 @@ class SS2D(nn.Module):
         self.dt_projs_bias = nn.Parameter(torch.empty(k, inner))
         self.A_logs = nn.Parameter(torch.empty(k * inner, d_state))
         self.Ds = nn.Parameter(torch.empty(k * inner))
-        self.out_norm = nn.LayerNorm(inner)
+        self.out_norm = LayerNorm(inner)
         self.out_proj = nn.Linear(inner, d_model, bias=False)
         self.reset_parameters()
 
@@ -111,16 +123,17 @@ class SS2D(nn.Module):
         self.Ds.fill_(1.0)
 
     def scan_directions(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, D, H, W) -> (B, D, H*W): the four directional scans, merged back into row-major order."""
+        """(B, D, H, W) -> (B, H, W, D): the four directional scans, merged back into pixel order."""
         b, d, h, w = x.shape
         length = h * w
-        rows = x.reshape(b, d, length)
-        columns = x.transpose(2, 3).reshape(b, d, length)
-        forward_scans = torch.stack([rows, columns], dim=1)
-        xs = torch.cat([forward_scans, forward_scans.flip(-1)], dim=1)  # (B, 4, D, L)
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        xs = x.new_empty(b, DIRECTIONS, d, length)  # rows, columns, both reversed: written in place
+        xs[:, 0] = x.reshape(b, d, length)
+        xs[:, 1].view(b, d, w, h).copy_(x.transpose(2, 3))
+        xs[:, 2:] = xs[:, :2].flip(-1)
+        # batched matrix products that write (B, 4, C, L) directly (einsum wrote (4, B, L, C) and copied it)
+        x_dbl = torch.matmul(self.x_proj_weight, xs)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+        dts = torch.matmul(self.dt_projs_weight, dts)
         # the scan reads u, delta, B, C in the activations' dtype (half under autocast: the official code's
         # .float() copies hold the same values) and keeps its state and sums in fp32
         kind = xs.dtype
@@ -129,17 +142,14 @@ class SS2D(nn.Module):
             -torch.exp(self.A_logs.float()), Bs.to(kind).contiguous(), Cs.to(kind).contiguous(), self.Ds.float(),
             delta_bias=self.dt_projs_bias.float().reshape(-1), delta_softplus=True,
         ).view(b, DIRECTIONS, d, length)
-        reversed_ys = ys[:, 2:4].flip(-1)
-        from_columns = ys[:, 1].view(b, d, w, h).transpose(2, 3).reshape(b, d, length)
-        from_reversed_columns = reversed_ys[:, 1].view(b, d, w, h).transpose(2, 3).reshape(b, d, length)
-        return ys[:, 0] + reversed_ys[:, 0] + from_columns + from_reversed_columns
+        from_rows = (ys[:, 0] + ys[:, 2].flip(-1)).view(b, d, h, w).permute(0, 2, 3, 1)
+        from_columns = (ys[:, 1] + ys[:, 3].flip(-1)).view(b, d, w, h).permute(0, 3, 2, 1)
+        return ys.new_empty(b, h, w, d).copy_(from_rows).add_(from_columns)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w, _ = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
-        y = self.scan_directions(x).transpose(1, 2).reshape(b, h, w, -1)
-        return self.out_proj(self.out_norm(y) * F.silu(z))
+        return self.out_proj(self.out_norm(self.scan_directions(x)) * F.silu(z))
 
 
 class VSSBlock(nn.Module):
@@ -147,7 +157,7 @@ class VSSBlock(nn.Module):
 
     def __init__(self, hidden_dim: int, drop_path: float = 0.0, d_state: int = 16):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(hidden_dim)
+        self.ln_1 = LayerNorm(hidden_dim)
         self.self_attention = SS2D(hidden_dim, d_state=d_state)
         self.drop_path = DropPath(drop_path)
 
