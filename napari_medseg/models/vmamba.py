@@ -18,12 +18,15 @@ DIRECTIONS = 4  # row-major, column-major, and both reversed
 
 
 class LayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm`` (same state_dict) that, under CUDA autocast, normalises a half-precision input in
-    its own dtype (the kernel's statistics are fp32) instead of autocast's fp32 copy in and fp32 output,
-    which tripled the memory traffic; the parameters are cast like a Linear's weight under autocast."""
+    """``nn.LayerNorm`` (same state_dict) that, for inference under CUDA autocast, normalises a
+    half-precision input in its own dtype (the kernel's statistics are fp32) instead of autocast's fp32 copy
+    in and fp32 output, which tripled the memory traffic; the parameters are cast like a Linear's weight
+    under autocast. Training keeps autocast's fp32 layer norm."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda and torch.is_autocast_enabled("cuda") and x.dtype == torch.get_autocast_dtype("cuda"):
+        inference = not (torch.is_grad_enabled() and self.weight.requires_grad)
+        half = x.is_cuda and torch.is_autocast_enabled("cuda") and x.dtype == torch.get_autocast_dtype("cuda")
+        if inference and half:
             with torch.autocast("cuda", enabled=False):
                 return F.layer_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
         return super().forward(x)

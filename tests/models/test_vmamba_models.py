@@ -93,6 +93,27 @@ def test_ss2d_matches_official_on_non_square_maps():
     assert ((got - expected).abs().max() / expected.abs().max()) < 1e-5
 
 
+@pytest.mark.gpu
+def test_cuda_layer_norm_keeps_half_activations_for_inference():
+    from napari_medseg.models.vmamba import LayerNorm
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.manual_seed(0)
+    norm = LayerNorm(96).cuda()
+    with torch.no_grad():
+        norm.weight.add_(torch.randn_like(norm.weight))
+        norm.bias.add_(torch.randn_like(norm.bias))
+    x = 3 + torch.randn(4, 16, 16, 96, device="cuda")
+    expected = F.layer_norm(x, (96,), norm.weight, norm.bias, norm.eps)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.no_grad():
+            half = norm(x.bfloat16())
+        trained = norm(x.bfloat16())  # with gradients: autocast's fp32 layer norm
+    assert half.dtype == torch.bfloat16 and trained.dtype == torch.float32
+    assert ((half.float() - expected).abs().max() / expected.abs().max()) < 2e-2
+
+
 def test_patch_merging_and_expand_orders():
     merge = PatchMerging2D(1)
     merge.norm = torch.nn.Identity()
