@@ -1,23 +1,18 @@
 """The fused InstanceNorm + residual + LeakyReLU kernels against PyTorch's modules.
 
 On CPU the kernels run in Triton's interpreter, in one subprocess that executes this file as a script
-(Triton decides at import time whether it interprets) and reports the errors as JSON.
+(``run_interpreted``: Triton decides at import time whether it interprets) and reports the errors as JSON.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-REPO = Path(__file__).resolve().parents[2]
+from test_triton_scan import run_interpreted
+
 TOLERANCE = 1e-5
 
 
@@ -64,13 +59,7 @@ def _interpreted_report() -> dict:
 
 @pytest.fixture(scope="module")
 def interpreted():
-    if not HAS_TRITON:
-        pytest.skip("triton is not installed")
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, __file__], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_interpreted(__file__)
 
 
 @pytest.mark.parametrize("name", ["alone", "normed-residual", "identity-residual", "volume", "resblock-4-6",
@@ -101,5 +90,4 @@ def test_cuda_resblock_fused_matches_eager():
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     print(json.dumps(_interpreted_report()))

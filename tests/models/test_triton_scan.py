@@ -89,16 +89,21 @@ def _interpreted_report() -> dict:
     return report
 
 
-@pytest.fixture(scope="module")
-def interpreted():
+def run_interpreted(script: str) -> dict:
+    """Run a test file as a script under Triton's interpreter, in a subprocess; its last line of output
+    is a JSON report."""
     if not HAS_TRITON:
         pytest.skip("triton is not installed")
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     env.pop("NAPARI_MEDSEG_SCAN", None)
-    done = subprocess.run([sys.executable, __file__], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run([sys.executable, script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    return run_interpreted(__file__)
 
 
 @pytest.mark.parametrize("name", list(CASES))
