@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from test_scan import relative_error
 from test_triton_scan import run_interpreted
 
 TOLERANCE = 1e-5
@@ -21,10 +22,6 @@ def _expected(x, residual, norm_residual):
     if residual is not None:
         y = y + (F.instance_norm(residual) if norm_residual else residual)
     return F.leaky_relu(y, 0.01)
-
-
-def _error(got, expected):
-    return ((got.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
 
 
 def _interpreted_report() -> dict:
@@ -40,9 +37,9 @@ def _interpreted_report() -> dict:
     for name, (r, norm_residual) in {"alone": (None, True), "normed-residual": (residual, True),
                                      "identity-residual": (residual, False)}.items():
         got = triton_norm.instance_norm_leaky_relu(x, r, norm_residual=norm_residual)
-        report[name] = _error(got, _expected(x, r, norm_residual))
-    volume = torch.randn(1, 2, 5, 6, 7, generator=g)  # 3-D maps (Swin SMT's decoder has them too)
-    report["volume"] = _error(triton_norm.instance_norm_leaky_relu(volume), _expected(volume, None, True))
+        report[name] = relative_error(got, _expected(x, r, norm_residual))
+    volume = torch.randn(1, 2, 5, 6, 7, generator=g)  # 3-D maps
+    report["volume"] = relative_error(triton_norm.instance_norm_leaky_relu(volume), _expected(volume, None, True))
     swin_umamba.fused_norms = lambda *_: True  # the ResBlocks' fused path on the CPU
     for channels in ((4, 6), (6, 6)):  # with and without the 1x1 convolution on the residual
         torch.manual_seed(0)
@@ -53,7 +50,7 @@ def _interpreted_report() -> dict:
             swin_umamba.fused_norms = lambda *_: False
             eager = block(feature)
             swin_umamba.fused_norms = lambda *_: True
-        report[f"resblock-{channels[0]}-{channels[1]}"] = _error(fused, eager)
+        report[f"resblock-{channels[0]}-{channels[1]}"] = relative_error(fused, eager)
     return report
 
 
@@ -83,10 +80,10 @@ def test_cuda_resblock_fused_matches_eager():
         assert swin_umamba.fused_norms(feature, block.conv1.conv.weight)
         fused = block(feature)
     eager = block(feature)  # gradients enabled: the eager path
-    assert _error(fused, eager) < TOLERANCE
+    assert relative_error(fused, eager) < TOLERANCE
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         low = block(feature)
-    assert low.dtype == torch.bfloat16 and _error(low.float(), eager) < 2e-2
+    assert low.dtype == torch.bfloat16 and relative_error(low.float(), eager) < 2e-2
 
 
 if __name__ == "__main__":

@@ -219,10 +219,6 @@ def _backward_states(decay: torch.Tensor, adjoints: torch.Tensor, chunk_decay: t
     return flows[:, :, 0]
 
 
-def _raw_delta(delta: torch.Tensor, delta_bias: torch.Tensor | None) -> torch.Tensor:
-    return delta.float() if delta_bias is None else delta.float() + delta_bias.float()[:, None]
-
-
 class _Problem:
     """Inputs in the chunked layout, and the blocks of chunks; shared by forward and backward."""
 
@@ -241,6 +237,7 @@ class _Problem:
         delta = delta.float()
         if delta_bias is not None:
             delta = torch.add(delta, delta_bias.float()[:, None], out=scratch.empty(*delta.shape))
+        self.raw_delta = delta  # softplus's input (its derivative is needed in backward)
         if delta_softplus:
             delta = _softplus(delta, scratch)
         self.u = u.float()
@@ -336,13 +333,13 @@ class SelectiveScanFunction(torch.autograd.Function):
                 grad_delta[part] = B_adjoint * u_chunks[part] + states.mul_(p.A).sum(-2, keepdim=True)
             grad_u = _from_chunks(grad_u.squeeze(-2), p.length)
             grad_delta = _from_chunks(grad_delta.squeeze(-2), p.length)
+            if ctx.delta_softplus:
+                grad_delta.mul_(torch.sigmoid(p.raw_delta))
             grad_B, grad_C = p.B.gradient(grad_B, p.length), p.C.gradient(grad_C, p.length)
         grad_D = None
         if D is not None:
             grad_D = (grad_out * p.u).sum((0, 2)).to(D.dtype)
             grad_u = grad_u + grad_out * D.float()[:, None]
-        if ctx.delta_softplus:
-            grad_delta = grad_delta * torch.sigmoid(_raw_delta(delta, delta_bias))
         grad_bias = grad_delta.sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
         grad_A = grad_A.transpose(1, 2).reshape(A.shape).to(A.dtype)
         return (grad_u.to(u.dtype), grad_delta.to(delta.dtype), grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias,
