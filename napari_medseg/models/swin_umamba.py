@@ -43,6 +43,47 @@ def fused_norms(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return x.is_cuda and not (torch.is_grad_enabled() and weight.requires_grad) and triton_available()
 
 
+def channels_last_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the CNN runs channels-last: fused norms under CUDA half-precision autocast, where cuDNN's
+    convolutions read and write channels-last maps without converting them."""
+    return fused_norms(x, weight) and torch.is_autocast_enabled("cuda") and (
+        torch.get_autocast_dtype("cuda") in (torch.float16, torch.bfloat16))
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """``t`` if it is contiguous in either layout, else a contiguous copy."""
+    return t if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last) else t.contiguous()
+
+
+def _layout_of(t: torch.Tensor) -> torch.memory_format:
+    return torch.contiguous_format if t.is_contiguous() else torch.channels_last
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same state_dict) that, in channels-last inference, convolves a one-channel image with
+    ``triton_conv``'s kernel (cuDNN has no fast kernel for one input channel)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_channels == 1 and x.is_cuda and channels_last_inference(x, self.weight):
+            from .triton_conv import single_channel_conv2d
+
+            return single_channel_conv2d(x, self)
+        return super().forward(x)
+
+
+class StemNorm(nn.InstanceNorm2d):
+    """The stem's affine InstanceNorm (same state_dict); channels-last CUDA inference runs it as
+    ``triton_norm``'s kernels (PyTorch's instance norm would copy the map to channels-first)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and fused_norms(x, self.weight):
+            from .triton_norm import channels_last, instance_norm_leaky_relu
+
+            if channels_last(x):
+                return instance_norm_leaky_relu(x, slope=1.0, eps=self.eps, weight=self.weight, bias=self.bias)
+        return super().forward(x)
+
+
 class ResBlock(nn.Module):
     """MONAI ``UnetResBlock``: two 3x3 convolutions (no bias), affine-free InstanceNorm, LeakyReLU(0.01),
     and a 1x1 convolution + norm on the residual when the channel count changes. For CUDA inference the
@@ -50,23 +91,23 @@ class ResBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.conv1 = ConvUnit(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False))
+        self.conv1 = ConvUnit(Conv2d(in_channels, out_channels, 3, padding=1, bias=False))
         self.conv2 = ConvUnit(nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False))
         self.norm1 = nn.InstanceNorm2d(out_channels)
         self.norm2 = nn.InstanceNorm2d(out_channels)
         self.lrelu = nn.LeakyReLU(0.01, inplace=True)
         if in_channels != out_channels:
-            self.conv3 = ConvUnit(nn.Conv2d(in_channels, out_channels, 1, bias=False))
+            self.conv3 = ConvUnit(Conv2d(in_channels, out_channels, 1, bias=False))
             self.norm3 = nn.InstanceNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fused_norms(x, self.conv1.conv.weight):
             from .triton_norm import instance_norm_leaky_relu as norm_act
 
-            out = self.conv2(norm_act(self.conv1(x).contiguous())).contiguous()
+            out = _dense(self.conv2(norm_act(_dense(self.conv1(x)))))
             if hasattr(self, "conv3"):
-                return norm_act(out, self.conv3(x).contiguous())
-            return norm_act(out, x.contiguous(), norm_residual=False)
+                return norm_act(out, _dense(self.conv3(x)))
+            return norm_act(out, x.contiguous(memory_format=_layout_of(out)), norm_residual=False)
         out = self.norm2(self.conv2(self.lrelu(self.norm1(self.conv1(x)))))
         residual = self.norm3(self.conv3(x)) if hasattr(self, "conv3") else x
         return self.lrelu(out + residual)
@@ -114,8 +155,7 @@ class SwinUMamba(nn.Module):
         super().__init__()
         f = feat_size
         self.deep_supervision = deep_supervision
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, f[0], 7, stride=2, padding=3),
-                                  nn.InstanceNorm2d(f[0], eps=1e-5, affine=True))
+        self.stem = nn.Sequential(Conv2d(in_chans, f[0], 7, stride=2, padding=3), StemNorm(f[0], eps=1e-5, affine=True))
         self.vssm_encoder = VSSMEncoder(patch_size=2, in_chans=f[0])
         self.encoder1 = BasicBlock(in_chans, f[0])
         self.encoder2 = BasicBlock(f[0], f[1])
@@ -138,6 +178,8 @@ class SwinUMamba(nn.Module):
                 return feature
             return feature + stage_bias[name][:, :, None, None].to(feature.dtype)
 
+        if channels_last_inference(x, self.stem[0].weight):  # no layout conversions around cuDNN's convolutions
+            x = torch.empty_like(x, memory_format=torch.channels_last).copy_(x)  # also for one channel
         vss = self.vssm_encoder(self.stem(x))
         dec4 = biased("dec4", self.decoder6(vss[4], self.encoder5(vss[3])))
         dec3 = biased("dec3", self.decoder5(dec4, self.encoder4(vss[2])))
@@ -151,7 +193,7 @@ class SwinUMamba(nn.Module):
         features = self.decoder_features(x)
         if self.deep_supervision:
             return [head(f) for head, f in zip(self.out_layers, features)]
-        return self.out_layers[0](features[0])
+        return self.out_layers[0](features[0]).contiguous()
 
 
 class UNetResDecoder(nn.Module):

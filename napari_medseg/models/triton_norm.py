@@ -7,6 +7,11 @@ per-plane statistics (Welford-style: blocks combined by Chan's formula) and a se
 and writes the activated sum. Affine-free InstanceNorm (biased variance), as ``nn.InstanceNorm2d``/``3d``
 computes it in eval; statistics in fp32, the output in the input's dtype.
 
+Channels-last maps (N, *spatial, C in memory: what cuDNN's half-precision convolutions read and write
+without layout conversions) have kernels of their own: the statistics kernel sums tiles of positions x
+channels over a share of the positions, a finalising kernel combines the shares per channel (Chan's
+formula), and the apply kernel normalises; it also takes an affine weight and bias (the stem's norm).
+
 Importing this module imports triton.
 """
 from __future__ import annotations
@@ -21,6 +26,11 @@ from .scan.triton_scan import _interpreting
 
 STATS_BLOCK = 4096
 APPLY_BLOCK = 2048
+ROWS = 64  # channels-last tiles: spatial positions x up to CHANNELS channels
+CHANNELS = 64
+SPLIT_ROWS = 2048  # spatial positions per statistics program at the least
+PROGRAMS = 512  # statistics programs aimed at (splits are added until there are this many)
+STATS_WARPS = 4
 
 
 @triton.jit
@@ -63,6 +73,131 @@ def _apply_kernel(x_ptr, x_mean_ptr, x_rstd_ptr, r_ptr, r_mean_ptr, r_rstd_ptr, 
     tl.store(out_ptr + index, y.to(out_ptr.dtype.element_ty), mask=ok)
 
 
+@triton.jit
+def _cl_stats_kernel(x_ptr, mean_ptr, m2_ptr, spatial, channels, split_rows, BLOCK_R: tl.constexpr,
+                     BLOCK_C: tl.constexpr):
+    """Mean and M2 per channel over one split of the positions: sums of (x - shift) and its square kept per
+    thread and reduced once, the shift being the first tile's mean (so that nothing cancels)."""
+    sample = tl.program_id(0).to(tl.int64)
+    chans = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    chan_ok = chans < channels
+    start = tl.program_id(2) * split_rows
+    stop = tl.minimum(start + split_rows, spatial)
+    base = x_ptr + sample * spatial * channels + chans[None, :]
+    rows = start + tl.arange(0, BLOCK_R)
+    ok = (rows < stop)[:, None] & chan_ok[None, :]
+    first = tl.load(base + rows[:, None] * channels, mask=ok, other=0.0).to(tl.float32)
+    shift = tl.sum(first, axis=0) / tl.minimum(stop - start, BLOCK_R).to(tl.float32)
+    d = tl.where(ok, first - shift[None, :], 0.0)
+    total = d
+    squares = d * d
+    for offset in range(start + BLOCK_R, stop, BLOCK_R):
+        rows = offset + tl.arange(0, BLOCK_R)
+        ok = (rows < stop)[:, None] & chan_ok[None, :]
+        d = tl.where(ok, tl.load(base + rows[:, None] * channels, mask=ok, other=0.0).to(tl.float32) - shift[None, :],
+                     0.0)
+        total += d
+        squares += d * d
+    count = (stop - start).to(tl.float32)
+    mean_shifted = tl.sum(total, axis=0) / count
+    m2 = tl.maximum(tl.sum(squares, axis=0) - mean_shifted * mean_shifted * count, 0.0)
+    out = (sample * tl.num_programs(2) + tl.program_id(2)) * channels + chans
+    tl.store(mean_ptr + out, shift + mean_shifted, mask=chan_ok)
+    tl.store(m2_ptr + out, m2, mask=chan_ok)
+
+
+@triton.jit
+def _cl_finalize_kernel(part_mean_ptr, part_m2_ptr, mean_ptr, rstd_ptr, spatial, channels, splits, split_rows, eps,
+                        BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(mean, rstd) per channel of one sample from its splits' partial statistics."""
+    sample = tl.program_id(0).to(tl.int64)
+    chans = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    chan_ok = chans < channels
+    parts = tl.arange(0, BLOCK_S)
+    ok = (parts < splits)[:, None] & chan_ok[None, :]
+    index = (sample * splits + parts[:, None]) * channels + chans[None, :]
+    part_mean = tl.load(part_mean_ptr + index, mask=ok, other=0.0)
+    part_m2 = tl.load(part_m2_ptr + index, mask=ok, other=0.0)
+    counts = tl.maximum(tl.minimum(spatial - parts * split_rows, split_rows), 0).to(tl.float32)[:, None]
+    mean = tl.sum(counts * part_mean, axis=0) / spatial
+    deviation = part_mean - mean[None, :]
+    m2 = tl.sum(tl.where(ok, part_m2 + counts * deviation * deviation, 0.0), axis=0)
+    tl.store(mean_ptr + sample * channels + chans, mean, mask=chan_ok)
+    tl.store(rstd_ptr + sample * channels + chans, 1.0 / tl.sqrt(m2 / spatial + eps), mask=chan_ok)
+
+
+@triton.jit
+def _cl_apply_kernel(x_ptr, x_mean_ptr, x_rstd_ptr, r_ptr, r_mean_ptr, r_rstd_ptr, weight_ptr, bias_ptr, out_ptr,
+                     spatial, channels, slope, HAS_RESIDUAL: tl.constexpr, NORM_RESIDUAL: tl.constexpr,
+                     AFFINE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    chans = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    sample = tl.program_id(2).to(tl.int64)
+    chan_ok = chans < channels
+    ok = (rows < spatial)[:, None] & chan_ok[None, :]
+    index = (sample * spatial + rows[:, None]) * channels + chans[None, :]
+    stat = sample * channels + chans
+    mean = tl.load(x_mean_ptr + stat, mask=chan_ok, other=0.0)
+    rstd = tl.load(x_rstd_ptr + stat, mask=chan_ok, other=0.0)
+    y = (tl.load(x_ptr + index, mask=ok, other=0.0).to(tl.float32) - mean[None, :]) * rstd[None, :]
+    if AFFINE:
+        y = (y * tl.load(weight_ptr + chans, mask=chan_ok, other=0.0).to(tl.float32)[None, :]
+             + tl.load(bias_ptr + chans, mask=chan_ok, other=0.0).to(tl.float32)[None, :])
+    if HAS_RESIDUAL:
+        r = tl.load(r_ptr + index, mask=ok, other=0.0).to(tl.float32)
+        if NORM_RESIDUAL:
+            r_mean = tl.load(r_mean_ptr + stat, mask=chan_ok, other=0.0)
+            r = (r - r_mean[None, :]) * tl.load(r_rstd_ptr + stat, mask=chan_ok, other=0.0)[None, :]
+        y += r
+    y = tl.where(y >= 0.0, y, y * slope)
+    tl.store(out_ptr + index, y.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` (N, C, *spatial) is dense with its channels innermost (and is not also plainly
+    contiguous, as maps of one channel or one pixel are)."""
+    return not x.is_contiguous() and x.movedim(1, -1).is_contiguous()
+
+
+def _cl_splits(x: torch.Tensor) -> tuple[int, int, int]:
+    """(channel block, splits, positions per split) of the channels-last statistics grid."""
+    samples, chans, spatial = x.shape[0], x.shape[1], x[0, 0].numel()
+    block_c = min(CHANNELS, triton.next_power_of_2(chans))
+    programs = samples * triton.cdiv(chans, block_c)
+    splits = max(1, min(triton.cdiv(spatial, SPLIT_ROWS), triton.cdiv(PROGRAMS, programs)))
+    split_rows = triton.cdiv(spatial, splits)
+    return block_c, triton.cdiv(spatial, split_rows), split_rows
+
+
+def _cl_stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(sample, channel) mean and 1/std of a channels-last map, (N, C) fp32 each."""
+    samples, chans, spatial = x.shape[0], x.shape[1], x[0, 0].numel()
+    block_c, splits, split_rows = _cl_splits(x)
+    part_mean = torch.empty((samples, splits, chans), dtype=torch.float32, device=x.device)
+    part_m2 = torch.empty_like(part_mean)
+    grid = (samples, triton.cdiv(chans, block_c))
+    _cl_stats_kernel[grid + (splits,)](x, part_mean, part_m2, spatial, chans, split_rows, BLOCK_R=ROWS,
+                                       BLOCK_C=block_c, num_warps=STATS_WARPS)
+    mean = torch.empty((samples, chans), dtype=torch.float32, device=x.device)
+    rstd = torch.empty_like(mean)
+    _cl_finalize_kernel[grid](part_mean, part_m2, mean, rstd, spatial, chans, splits, split_rows, eps,
+                              BLOCK_S=triton.next_power_of_2(splits), BLOCK_C=block_c, num_warps=4)
+    return mean, rstd
+
+
+def _instance_norm_channels_last(x, residual, norm_residual, slope, eps, weight, bias) -> torch.Tensor:
+    out = torch.empty_like(x)  # keeps the channels-last strides
+    samples, chans, spatial = x.shape[0], x.shape[1], x[0, 0].numel()
+    x_stats = _cl_stats(x, eps)
+    r_stats = _cl_stats(residual, eps) if residual is not None and norm_residual else x_stats
+    block_c = min(CHANNELS, triton.next_power_of_2(chans))
+    _cl_apply_kernel[(triton.cdiv(spatial, ROWS), triton.cdiv(chans, block_c), samples)](
+        x, *x_stats, x if residual is None else residual, *r_stats, x if weight is None else weight,
+        x if bias is None else bias, out, spatial, chans, slope, HAS_RESIDUAL=residual is not None,
+        NORM_RESIDUAL=norm_residual, AFFINE=weight is not None, BLOCK_R=ROWS, BLOCK_C=block_c, num_warps=4)
+    return out
+
+
 def _stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     planes = x.shape[0] * x.shape[1]
     mean = torch.empty(planes, dtype=torch.float32, device=x.device)
@@ -72,14 +207,23 @@ def _stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def instance_norm_leaky_relu(x: torch.Tensor, residual: torch.Tensor | None = None, norm_residual: bool = True,
-                             slope: float = 0.01, eps: float = 1e-5) -> torch.Tensor:
-    """leaky_relu(IN(x) [+ IN(residual) or + residual]) for contiguous (N, C, *spatial) maps."""
+                             slope: float = 0.01, eps: float = 1e-5, weight: torch.Tensor | None = None,
+                             bias: torch.Tensor | None = None) -> torch.Tensor:
+    """leaky_relu(IN(x) [* weight + bias] [+ IN(residual) or + residual]) for (N, C, *spatial) maps that are
+    contiguous or channels-last (both of one layout); ``slope`` 1 gives the norm alone. The affine weight and
+    bias are for channels-last maps only."""
     if x.device.type != "cuda" and not _interpreting():
         raise RuntimeError("The Triton instance norm needs CUDA tensors")
-    if not x.is_contiguous() or (residual is not None and (not residual.is_contiguous() or residual.shape != x.shape)):
-        raise ValueError("instance_norm_leaky_relu needs contiguous maps of one shape")
-    out = torch.empty_like(x)
+    last = channels_last(x)
+    dense = (lambda t: channels_last(t)) if last else (lambda t: t.is_contiguous())
+    if not dense(x) or (residual is not None and (not dense(residual) or residual.shape != x.shape)):
+        raise ValueError("instance_norm_leaky_relu needs dense maps of one shape and layout")
+    if (weight is not None or bias is not None) and not last:
+        raise ValueError("instance_norm_leaky_relu takes an affine weight for channels-last maps only")
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        if last:
+            return _instance_norm_channels_last(x, residual, norm_residual, slope, eps, weight, bias)
+        out = torch.empty_like(x)
         x_mean, x_rstd = _stats(x, eps)
         r_mean, r_rstd = _stats(residual, eps) if residual is not None and norm_residual else (x_mean, x_rstd)
         _apply_kernel[(triton.cdiv(x.numel(), APPLY_BLOCK),)](

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .scan import selective_scan
+from .scan import selective_scan, triton_available
 
 DIRECTIONS = 4  # row-major, column-major, and both reversed
 
@@ -94,6 +94,17 @@ class PatchExpand2D(nn.Module):
         return self.norm(x)
 
 
+def fused_ss2d(xz: torch.Tensor, module: "SS2D") -> bool:
+    """Whether SS2D's convolution and merge run as the Triton kernels of ``triton_ss2d``: CUDA inference
+    (no gradients to the module) on half-precision activations (float32 keeps the official computation),
+    with triton importable and a 3x3 convolution."""
+    if not xz.is_cuda or xz.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if torch.is_grad_enabled() and module.x_proj_weight.requires_grad:
+        return False
+    return module.conv2d.kernel_size == (3, 3) and triton_available()
+
+
 class SS2D(nn.Module):
     """2-D selective scan: depthwise conv, four directional scans sharing one grouped selective scan."""
 
@@ -133,6 +144,14 @@ class SS2D(nn.Module):
         xs[:, 0] = x.reshape(b, d, length)
         xs[:, 1].view(b, d, w, h).copy_(x.transpose(2, 3))
         xs[:, 2:] = xs[:, :2].flip(-1)
+        ys = self.scan(xs)
+        from_rows = (ys[:, 0] + ys[:, 2].flip(-1)).view(b, d, h, w).permute(0, 2, 3, 1)
+        from_columns = (ys[:, 1] + ys[:, 3].flip(-1)).view(b, d, w, h).permute(0, 3, 2, 1)
+        return ys.new_empty(b, h, w, d).copy_(from_rows).add_(from_columns)
+
+    def scan(self, xs: torch.Tensor) -> torch.Tensor:
+        """The selective scans of the four direction sequences xs (B, 4, D, L) -> (B, 4, D, L)."""
+        b, _, d, length = xs.shape
         # batched matrix products that write (B, 4, C, L) directly (einsum wrote (4, B, L, C) and copied it)
         x_dbl = torch.matmul(self.x_proj_weight, xs)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
@@ -140,19 +159,27 @@ class SS2D(nn.Module):
         # the scan reads u, delta, B, C in the activations' dtype (half under autocast: the official code's
         # .float() copies hold the same values) and keeps its state and sums in fp32
         kind = xs.dtype
-        ys = selective_scan(
+        return selective_scan(
             xs.reshape(b, -1, length), dts.to(kind).reshape(b, -1, length),
             -torch.exp(self.A_logs.float()), Bs.to(kind).contiguous(), Cs.to(kind).contiguous(), self.Ds.float(),
             delta_bias=self.dt_projs_bias.float().reshape(-1), delta_softplus=True,
         ).view(b, DIRECTIONS, d, length)
-        from_rows = (ys[:, 0] + ys[:, 2].flip(-1)).view(b, d, h, w).permute(0, 2, 3, 1)
-        from_columns = (ys[:, 1] + ys[:, 3].flip(-1)).view(b, d, w, h).permute(0, 3, 2, 1)
-        return ys.new_empty(b, h, w, d).copy_(from_rows).add_(from_columns)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, z = self.in_proj(x).chunk(2, dim=-1)
-        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
-        return self.out_proj(self.out_norm(self.scan_directions(x)) * F.silu(z))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """SS2D(x), or residual + SS2D(x) with the sum made by ``out_proj``'s matrix product."""
+        xz = self.in_proj(x)
+        if fused_ss2d(xz, self):
+            from .triton_ss2d import ss2d_scan_merge
+
+            y = ss2d_scan_merge(self, xz)
+        else:
+            x, z = xz.chunk(2, dim=-1)
+            x = F.silu(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
+            y = self.out_norm(self.scan_directions(x)) * F.silu(z)
+        if residual is None:
+            return self.out_proj(y)
+        out = torch.addmm(residual.reshape(-1, residual.shape[-1]), y.reshape(-1, y.shape[-1]), self.out_proj.weight.t())
+        return out.view(residual.shape)
 
 
 class VSSBlock(nn.Module):
@@ -165,7 +192,9 @@ class VSSBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.drop_path(self.self_attention(self.ln_1(x)))
+        if self.drop_path.training and self.drop_path.rate > 0:
+            return x + self.drop_path(self.self_attention(self.ln_1(x)))
+        return self.self_attention(self.ln_1(x), residual=x)
 
 
 class VSSLayer(nn.Module):

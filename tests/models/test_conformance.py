@@ -31,4 +31,10 @@ def test_conformance_case(case_dir):
         importlib.import_module(f"napari_medseg.models.{FAMILY_MODULES[family]}")
     except ImportError as exc:
         pytest.skip(f"family module for {family!r} is not available yet ({exc})")
-    assert _checker().check_case(case_dir)
+    # PyTorch's own CPU convolutions: on AVX-512 CPUs oneDNN's fp32 kernels round about 3x more (1.8e-6 vs
+    # 4e-7 per 3-D convolution, measured), which the Swin SMT case amplifies to 1.2e-4 relative at the logits
+    # (5e-5 with native kernels; the official fp32 reference itself is 6.7e-5 from float64) against its 1e-4.
+    import torch
+
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert _checker().check_case(case_dir)

@@ -38,19 +38,32 @@ def _interpreted_report() -> dict:
                                      "identity-residual": (residual, False)}.items():
         got = triton_norm.instance_norm_leaky_relu(x, r, norm_residual=norm_residual)
         report[name] = relative_error(got, _expected(x, r, norm_residual))
+    triton_norm.ROWS, triton_norm.CHANNELS, triton_norm.SPLIT_ROWS = 16, 32, 32  # several splits and blocks
+    wide = (3 + 2 * torch.randn(2, 80, 9, 13, generator=g)).contiguous(memory_format=torch.channels_last)
+    wide_residual = torch.randn(2, 80, 9, 13, generator=g).contiguous(memory_format=torch.channels_last)
+    for name, (r, norm_residual) in {"cl-alone": (None, True), "cl-normed-residual": (wide_residual, True),
+                                     "cl-identity-residual": (wide_residual, False)}.items():
+        got = triton_norm.instance_norm_leaky_relu(wide, r, norm_residual=norm_residual)
+        report[name] = relative_error(got, _expected(wide, r, norm_residual))
+        report[name + "-layout"] = got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+    weight, bias = torch.randn(80, generator=g), torch.randn(80, generator=g)
+    got = triton_norm.instance_norm_leaky_relu(wide, slope=1.0, weight=weight, bias=bias)
+    report["cl-affine"] = relative_error(got, F.instance_norm(wide, weight=weight, bias=bias))
     volume = torch.randn(1, 2, 5, 6, 7, generator=g)  # 3-D maps
     report["volume"] = relative_error(triton_norm.instance_norm_leaky_relu(volume), _expected(volume, None, True))
     swin_umamba.fused_norms = lambda *_: True  # the ResBlocks' fused path on the CPU
     for channels in ((4, 6), (6, 6)):  # with and without the 1x1 convolution on the residual
-        torch.manual_seed(0)
-        block = swin_umamba.ResBlock(*channels).eval()
-        feature = torch.randn(2, channels[0], 10, 7)
-        with torch.no_grad():
-            fused = block(feature)
-            swin_umamba.fused_norms = lambda *_: False
-            eager = block(feature)
-            swin_umamba.fused_norms = lambda *_: True
-        report[f"resblock-{channels[0]}-{channels[1]}"] = relative_error(fused, eager)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            torch.manual_seed(0)
+            block = swin_umamba.ResBlock(*channels).eval()
+            feature = torch.randn(2, channels[0], 10, 7).contiguous(memory_format=layout)
+            with torch.no_grad():
+                fused = block(feature)
+                swin_umamba.fused_norms = lambda *_: False
+                eager = block(feature)
+                swin_umamba.fused_norms = lambda *_: True
+            suffix = "-cl" if layout == torch.channels_last else ""
+            report[f"resblock-{channels[0]}-{channels[1]}{suffix}"] = relative_error(fused, eager)
     return report
 
 
@@ -60,9 +73,15 @@ def interpreted():
 
 
 @pytest.mark.parametrize("name", ["alone", "normed-residual", "identity-residual", "volume", "resblock-4-6",
-                                  "resblock-6-6"])
+                                  "resblock-6-6", "cl-alone", "cl-normed-residual", "cl-identity-residual",
+                                  "cl-affine", "resblock-4-6-cl", "resblock-6-6-cl"])
 def test_interpreted_kernels_match_pytorch(interpreted, name):
     assert interpreted[name] < TOLERANCE, interpreted
+
+
+@pytest.mark.parametrize("name", ["cl-alone", "cl-normed-residual", "cl-identity-residual"])
+def test_channels_last_maps_stay_channels_last(interpreted, name):
+    assert interpreted[name + "-layout"] is True
 
 
 @pytest.mark.gpu
