@@ -150,7 +150,7 @@ class LLMSwinUMamba(SwinUMamba):
         features = self.decoder_features(x_in, stage_bias)
         if self.deep_supervision:
             return [head(f) for head, f in zip(self.out_layers, features)]
-        return self.out_layers[0](features[0])
+        return self.out_layers[0](features[0]).contiguous()  # channels-first (the CNN may run channels-last)
 
     def forward(self, x_in: torch.Tensor, report_text):
         return self.segment(x_in, self.encode_report(report_text))
