@@ -176,8 +176,8 @@ class SS2D(nn.Module):
             x, z = xz.chunk(2, dim=-1)
             x = F.silu(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
             y = self.out_norm(self.scan_directions(x)) * F.silu(z)
-        if residual is None:
-            return self.out_proj(y)
+        if residual is None or residual.dtype != y.dtype:  # the matrix product would round the residual
+            return self.out_proj(y) if residual is None else residual + self.out_proj(y)
         out = torch.addmm(residual.reshape(-1, residual.shape[-1]), y.reshape(-1, y.shape[-1]), self.out_proj.weight.t())
         return out.view(residual.shape)
 
@@ -192,7 +192,7 @@ class VSSBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_path.training and self.drop_path.rate > 0:
+        if torch.is_grad_enabled():  # training keeps autocast's fp32 residual stream and stochastic depth
             return x + self.drop_path(self.self_attention(self.ln_1(x)))
         return self.self_attention(self.ln_1(x), residual=x)
 
