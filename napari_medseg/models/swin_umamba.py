@@ -64,7 +64,7 @@ class Conv2d(nn.Conv2d):
     ``triton_conv``'s kernel (cuDNN has no fast kernel for one input channel)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.in_channels == 1 and x.is_cuda and channels_last_inference(x, self.weight):
+        if self.in_channels == 1 and channels_last_inference(x, self.weight):
             from .triton_conv import single_channel_conv2d
 
             return single_channel_conv2d(x, self)
@@ -76,7 +76,7 @@ class StemNorm(nn.InstanceNorm2d):
     ``triton_norm``'s kernels (PyTorch's instance norm would copy the map to channels-first)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda and fused_norms(x, self.weight):
+        if fused_norms(x, self.weight):
             from .triton_norm import channels_last, instance_norm_leaky_relu
 
             if channels_last(x):

@@ -30,7 +30,6 @@ ROWS = 64  # channels-last tiles: spatial positions x up to CHANNELS channels
 CHANNELS = 64
 SPLIT_ROWS = 2048  # spatial positions per statistics program at the least
 PROGRAMS = 512  # statistics programs aimed at (splits are added until there are this many)
-STATS_WARPS = 4
 
 
 @triton.jit
@@ -159,10 +158,14 @@ def channels_last(x: torch.Tensor) -> bool:
     return not x.is_contiguous() and x.movedim(1, -1).is_contiguous()
 
 
+def _channel_block(chans: int) -> int:
+    return min(CHANNELS, triton.next_power_of_2(chans))
+
+
 def _cl_splits(x: torch.Tensor) -> tuple[int, int, int]:
     """(channel block, splits, positions per split) of the channels-last statistics grid."""
     samples, chans, spatial = x.shape[0], x.shape[1], x[0, 0].numel()
-    block_c = min(CHANNELS, triton.next_power_of_2(chans))
+    block_c = _channel_block(chans)
     programs = samples * triton.cdiv(chans, block_c)
     splits = max(1, min(triton.cdiv(spatial, SPLIT_ROWS), triton.cdiv(PROGRAMS, programs)))
     split_rows = triton.cdiv(spatial, splits)
@@ -177,7 +180,7 @@ def _cl_stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     part_m2 = torch.empty_like(part_mean)
     grid = (samples, triton.cdiv(chans, block_c))
     _cl_stats_kernel[grid + (splits,)](x, part_mean, part_m2, spatial, chans, split_rows, BLOCK_R=ROWS,
-                                       BLOCK_C=block_c, num_warps=STATS_WARPS)
+                                       BLOCK_C=block_c, num_warps=4)
     mean = torch.empty((samples, chans), dtype=torch.float32, device=x.device)
     rstd = torch.empty_like(mean)
     _cl_finalize_kernel[grid](part_mean, part_m2, mean, rstd, spatial, chans, splits, split_rows, eps,
@@ -190,7 +193,7 @@ def _instance_norm_channels_last(x, residual, norm_residual, slope, eps, weight,
     samples, chans, spatial = x.shape[0], x.shape[1], x[0, 0].numel()
     x_stats = _cl_stats(x, eps)
     r_stats = _cl_stats(residual, eps) if residual is not None and norm_residual else x_stats
-    block_c = min(CHANNELS, triton.next_power_of_2(chans))
+    block_c = _channel_block(chans)
     _cl_apply_kernel[(triton.cdiv(spatial, ROWS), triton.cdiv(chans, block_c), samples)](
         x, *x_stats, x if residual is None else residual, *r_stats, x if weight is None else weight,
         x if bias is None else bias, out, spatial, chans, slope, HAS_RESIDUAL=residual is not None,

@@ -176,8 +176,10 @@ class SS2D(nn.Module):
             x, z = xz.chunk(2, dim=-1)
             x = F.silu(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
             y = self.out_norm(self.scan_directions(x)) * F.silu(z)
-        if residual is None or residual.dtype != y.dtype:  # the matrix product would round the residual
-            return self.out_proj(y) if residual is None else residual + self.out_proj(y)
+        if residual is None:
+            return self.out_proj(y)
+        if residual.dtype != y.dtype:  # the matrix product would round the residual to y's dtype
+            return residual + self.out_proj(y)
         out = torch.addmm(residual.reshape(-1, residual.shape[-1]), y.reshape(-1, y.shape[-1]), self.out_proj.weight.t())
         return out.view(residual.shape)
 

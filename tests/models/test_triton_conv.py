@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from test_scan import relative_error
-from test_triton_scan import run_interpreted
 
 # (kernel, stride, padding, bias, out channels): Swin-UMamba's stem, its full-resolution 3x3 and 1x1
 CASES = {"stem-7x7-stride-2": (7, 2, 3, True, 48), "3x3": (3, 1, 1, False, 70), "1x1": (1, 1, 0, False, 5)}
@@ -29,11 +28,6 @@ def _interpreted_report() -> dict:
         report[name] = relative_error(got, expected)
         report[name + "-layout"] = got.shape == expected.shape and got.permute(0, 2, 3, 1).is_contiguous()
     return report
-
-
-@pytest.fixture(scope="module")
-def interpreted():
-    return run_interpreted(__file__)
 
 
 @pytest.mark.parametrize("name", list(CASES))

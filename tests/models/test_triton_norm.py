@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from test_scan import relative_error
-from test_triton_scan import run_interpreted
 
 TOLERANCE = 1e-5
 
@@ -65,11 +64,6 @@ def _interpreted_report() -> dict:
             suffix = "-cl" if layout == torch.channels_last else ""
             report[f"resblock-{channels[0]}-{channels[1]}{suffix}"] = relative_error(fused, eager)
     return report
-
-
-@pytest.fixture(scope="module")
-def interpreted():
-    return run_interpreted(__file__)
 
 
 @pytest.mark.parametrize("name", ["alone", "normed-residual", "identity-residual", "volume", "resblock-4-6",

@@ -101,11 +101,6 @@ def run_interpreted(script: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def interpreted():
-    return run_interpreted(__file__)
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_interpreted_kernel_matches_reference(interpreted, name):
     result = interpreted[name]

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from test_scan import relative_error
-from test_triton_scan import run_interpreted
 
 # (d_model, d_state, height, width): channels and maps that fill no tile exactly, H != W, one-row maps
 CASES = {"16-channels-9x11": (8, 16, 9, 11), "40-channels-6x13": (20, 4, 6, 13), "single-row": (8, 4, 1, 21)}
@@ -45,11 +44,6 @@ def _interpreted_report() -> dict:
         with torch.no_grad():
             report[name] = relative_error(module(x), official_ss2d(module, x))
     return report
-
-
-@pytest.fixture(scope="module")
-def interpreted():
-    return run_interpreted(__file__)
 
 
 @pytest.mark.parametrize("name", list(CASES))
