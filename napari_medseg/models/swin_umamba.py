@@ -71,6 +71,21 @@ class Conv2d(nn.Conv2d):
         return super().forward(x)
 
 
+class HeadConv2d(nn.Conv2d):
+    """The segmentation head's 1x1 convolution (same state_dict); in channels-last inference one
+    ``triton_conv`` kernel computes it and writes channels-first logits (cuDNN's kernel for few output
+    channels, then the layout copy, took 5x longer)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if channels_last_inference(x, self.weight):
+            from .triton_conv import head_conv2d
+            from .triton_norm import channels_last
+
+            if channels_last(x):
+                return head_conv2d(x.to(torch.get_autocast_dtype("cuda")), self)
+        return super().forward(x)
+
+
 class StemNorm(nn.InstanceNorm2d):
     """The stem's affine InstanceNorm (same state_dict); channels-last CUDA inference runs it as
     ``triton_norm``'s kernels (PyTorch's instance norm would copy the map to channels-first)."""
@@ -100,17 +115,20 @@ class ResBlock(nn.Module):
             self.conv3 = ConvUnit(Conv2d(in_channels, out_channels, 1, bias=False))
             self.norm3 = nn.InstanceNorm2d(out_channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The block's output, written into ``out`` when given (channels-last inference: a view of the
+        decoder's concatenation)."""
         if fused_norms(x, self.conv1.conv.weight):
             from .triton_norm import instance_norm_leaky_relu as norm_act
 
-            out = _dense(self.conv2(norm_act(_dense(self.conv1(x)))))
+            y = _dense(self.conv2(norm_act(_dense(self.conv1(x)))))
             if hasattr(self, "conv3"):
-                return norm_act(out, _dense(self.conv3(x)))
-            return norm_act(out, x.contiguous(memory_format=_layout_of(out)), norm_residual=False)
-        out = self.norm2(self.conv2(self.lrelu(self.norm1(self.conv1(x)))))
+                return norm_act(y, _dense(self.conv3(x)), out=out)
+            return norm_act(y, x.contiguous(memory_format=_layout_of(y)), norm_residual=False, out=out)
+        y = self.norm2(self.conv2(self.lrelu(self.norm1(self.conv1(x)))))
         residual = self.norm3(self.conv3(x)) if hasattr(self, "conv3") else x
-        return self.lrelu(out + residual)
+        y = self.lrelu(y + residual)
+        return y if out is None else out.copy_(y)
 
 
 class BasicBlock(nn.Module):
@@ -120,8 +138,8 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.layer = ResBlock(in_channels, out_channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x)
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return self.layer(x, out)
 
 
 class UpBlock(nn.Module):
@@ -135,13 +153,28 @@ class UpBlock(nn.Module):
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.conv_block(torch.cat((self.transp_conv(x), skip), dim=1))
 
+    def joined(self, x: torch.Tensor, skip_block: BasicBlock, skip_input: torch.Tensor) -> torch.Tensor:
+        """``forward(x, skip_block(skip_input))`` for channels-last inference, without ``torch.cat``: the
+        skip block writes into the concatenation's second half."""
+        from .triton_norm import channels_last, copy_channels_last
+
+        up = self.transp_conv(x)
+        b, c, h, w = up.shape
+        joined = torch.empty((b, h, w, 2 * c), dtype=up.dtype, device=up.device).permute(0, 3, 1, 2)
+        skip_block(skip_input, out=joined[:, c:])
+        if channels_last(up):
+            copy_channels_last(joined[:, :c], up)
+        else:
+            joined[:, :c].copy_(up)
+        return self.conv_block(joined)
+
 
 class OutBlock(nn.Module):
     """MONAI ``UnetOutBlock``: a 1x1 convolution with bias."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.conv = ConvUnit(nn.Conv2d(in_channels, out_channels, 1))
+        self.conv = ConvUnit(HeadConv2d(in_channels, out_channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
@@ -178,14 +211,19 @@ class SwinUMamba(nn.Module):
                 return feature
             return feature + stage_bias[name][:, :, None, None].to(feature.dtype)
 
-        if channels_last_inference(x, self.stem[0].weight):  # no layout conversions around cuDNN's convolutions
+        last = channels_last_inference(x, self.stem[0].weight)
+        if last:  # no layout conversions around cuDNN's convolutions
             x = torch.empty_like(x, memory_format=torch.channels_last).copy_(x)  # also for one channel
+
+        def up(decoder, below, encoder, feature):
+            return decoder.joined(below, encoder, feature) if last else decoder(below, encoder(feature))
+
         vss = self.vssm_encoder(self.stem(x))
-        dec4 = biased("dec4", self.decoder6(vss[4], self.encoder5(vss[3])))
-        dec3 = biased("dec3", self.decoder5(dec4, self.encoder4(vss[2])))
-        dec2 = biased("dec2", self.decoder4(dec3, self.encoder3(vss[1])))
-        dec1 = biased("dec1", self.decoder3(dec2, self.encoder2(vss[0])))
-        dec0 = self.decoder2(dec1, self.encoder1(x))
+        dec4 = biased("dec4", up(self.decoder6, vss[4], self.encoder5, vss[3]))
+        dec3 = biased("dec3", up(self.decoder5, dec4, self.encoder4, vss[2]))
+        dec2 = biased("dec2", up(self.decoder4, dec3, self.encoder3, vss[1]))
+        dec1 = biased("dec1", up(self.decoder3, dec2, self.encoder2, vss[0]))
+        dec0 = up(self.decoder2, dec1, self.encoder1, x)
         dec_out = biased("dec_out", self.decoder1(dec0))
         return [dec_out, dec1, dec2, dec3]
 

@@ -10,7 +10,10 @@ computes it in eval; statistics in fp32, the output in the input's dtype.
 Channels-last maps (N, *spatial, C in memory: what cuDNN's half-precision convolutions read and write
 without layout conversions) have kernels of their own: the statistics kernel sums tiles of positions x
 channels over a share of the positions, a finalising kernel combines the shares per channel (Chan's
-formula), and the apply kernel normalises; it also takes an affine weight and bias (the stem's norm).
+formula), and the apply kernel normalises; it also takes an affine weight and bias (the stem's norm),
+and may write into a wider map (the decoder's concatenation), whose other half a copy kernel fills.
+
+LayerNorm over the last dimension of half-precision rows (VMamba's), several rows per program.
 
 Importing this module imports triton.
 """
@@ -26,9 +29,12 @@ from .scan.triton_scan import _interpreting
 
 STATS_BLOCK = 4096
 APPLY_BLOCK = 2048
-ROWS = 64  # channels-last tiles: spatial positions x up to CHANNELS channels
-CHANNELS = 64
-SPLIT_ROWS = 2048  # spatial positions per statistics program at the least
+# channels-last tiles (spatial positions, channels at most) and warps, measured best on an H200 over the maps of
+# a Swin-UMamba forward (8 x 512^2): statistics at 2.3 TB/s, apply at 4 TB/s
+STATS_TILE, STATS_WARPS = (128, 32), 8
+APPLY_TILE, APPLY_WARPS = (32, 64), 2
+LAYER_NORM_ELEMENTS, LAYER_NORM_WARPS = 1024, 2  # rows x channels (a power of two) per layer-norm program
+SPLIT_ROWS = 1024  # spatial positions per statistics program at the least
 PROGRAMS = 512  # statistics programs aimed at (splits are added until there are this many)
 
 
@@ -127,7 +133,7 @@ def _cl_finalize_kernel(part_mean_ptr, part_m2_ptr, mean_ptr, rstd_ptr, spatial,
 
 @triton.jit
 def _cl_apply_kernel(x_ptr, x_mean_ptr, x_rstd_ptr, r_ptr, r_mean_ptr, r_rstd_ptr, weight_ptr, bias_ptr, out_ptr,
-                     spatial, channels, slope, HAS_RESIDUAL: tl.constexpr, NORM_RESIDUAL: tl.constexpr,
+                     spatial, channels, out_stride, slope, HAS_RESIDUAL: tl.constexpr, NORM_RESIDUAL: tl.constexpr,
                      AFFINE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     chans = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -149,7 +155,77 @@ def _cl_apply_kernel(x_ptr, x_mean_ptr, x_rstd_ptr, r_ptr, r_mean_ptr, r_rstd_pt
             r = (r - r_mean[None, :]) * tl.load(r_rstd_ptr + stat, mask=chan_ok, other=0.0)[None, :]
         y += r
     y = tl.where(y >= 0.0, y, y * slope)
+    out = (sample * spatial + rows[:, None]) * out_stride + chans[None, :]  # out may hold more channels per pixel
+    tl.store(out_ptr + out, y.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _layer_norm_kernel(x_ptr, weight_ptr, bias_ptr, out_ptr, rows, chans, eps, BLOCK_R: tl.constexpr,
+                       BLOCK_C: tl.constexpr):
+    """LayerNorm over the last dimension of BLOCK_R rows at once (PyTorch's kernel takes one row per block
+    of threads, slow for rows of ~100 channels); statistics in fp32 from the row held in registers."""
+    row = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    chan = tl.arange(0, BLOCK_C)
+    chan_ok = chan < chans
+    ok = (row < rows)[:, None] & chan_ok[None, :]
+    index = row[:, None] * chans + chan[None, :]
+    x = tl.load(x_ptr + index, mask=ok, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=1) / chans
+    centred = tl.where(ok, x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / chans + eps)
+    weight = tl.load(weight_ptr + chan, mask=chan_ok, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + chan, mask=chan_ok, other=0.0).to(tl.float32)
+    y = centred * rstd[:, None] * weight[None, :] + bias[None, :]
     tl.store(out_ptr + index, y.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """``F.layer_norm`` over x's last dimension, in x's dtype (the parameters are cast to it, as autocast
+    casts a Linear's weight)."""
+    if x.device.type != "cuda" and not _interpreting():
+        raise RuntimeError("The Triton layer norm needs CUDA tensors")
+    chans = x.shape[-1]
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    block_c = triton.next_power_of_2(chans)
+    block_r = max(1, LAYER_NORM_ELEMENTS // block_c)
+    rows = x.numel() // chans
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        _layer_norm_kernel[(triton.cdiv(rows, block_r),)](
+            x, weight.to(x.dtype), bias.to(x.dtype), out, rows, chans, eps, BLOCK_R=block_r, BLOCK_C=block_c,
+            num_warps=LAYER_NORM_WARPS)
+    return out
+
+
+@triton.jit
+def _cl_copy_kernel(src_ptr, dst_ptr, pixels, chans, dst_stride, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = (rows < pixels)[:, None] & (cs < chans)[None, :]
+    v = tl.load(src_ptr + rows[:, None] * chans + cs[None, :], mask=ok)
+    tl.store(dst_ptr + rows[:, None] * dst_stride + cs[None, :], v, mask=ok)
+
+
+def copy_channels_last(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """``dst.copy_(src)`` for a dense channels-last ``src`` and a channels-last view ``dst`` whose pixels
+    hold more channels (``cat[:, :c]``): PyTorch's strided copy ran at a quarter of the bandwidth."""
+    if src.device.type != "cuda" and not _interpreting():
+        raise RuntimeError("The Triton copy needs CUDA tensors")
+    _check_out(dst, src)
+    pixels, chans = src.numel() // src.shape[1], src.shape[1]
+    rows, block_c = APPLY_TILE[0], _channel_block(chans, APPLY_TILE)
+    with torch.cuda.device(src.device) if src.is_cuda else contextlib.nullcontext():
+        _cl_copy_kernel[(triton.cdiv(pixels, rows), triton.cdiv(chans, block_c))](
+            src, dst, pixels, chans, dst.stride(3), BLOCK_R=rows, BLOCK_C=block_c, num_warps=APPLY_WARPS)
+
+
+def _check_out(out: torch.Tensor, x: torch.Tensor) -> None:
+    if not channels_last(x):
+        raise ValueError("expected a dense channels-last map")
+    if (out.shape != x.shape or out.dtype != x.dtype or out.stride(1) != 1
+            or out.stride()[2:] != (x.shape[3] * out.stride(3), out.stride(3))
+            or out.stride(0) != x[0, 0].numel() * out.stride(3)):
+        raise ValueError("out must be a channels-last map of x's shape and dtype (its pixels may hold more channels)")
 
 
 def channels_last(x: torch.Tensor) -> bool:
@@ -158,14 +234,14 @@ def channels_last(x: torch.Tensor) -> bool:
     return not x.is_contiguous() and x.movedim(1, -1).is_contiguous()
 
 
-def _channel_block(chans: int) -> int:
-    return min(CHANNELS, triton.next_power_of_2(chans))
+def _channel_block(chans: int, tile: tuple[int, int]) -> int:
+    return min(tile[1], triton.next_power_of_2(chans))
 
 
 def _cl_splits(x: torch.Tensor) -> tuple[int, int, int]:
     """(channel block, splits, positions per split) of the channels-last statistics grid."""
     samples, chans, spatial = x.shape[0], x.shape[1], x[0, 0].numel()
-    block_c = _channel_block(chans)
+    block_c = _channel_block(chans, STATS_TILE)
     programs = samples * triton.cdiv(chans, block_c)
     splits = max(1, min(triton.cdiv(spatial, SPLIT_ROWS), triton.cdiv(PROGRAMS, programs)))
     split_rows = triton.cdiv(spatial, splits)
@@ -179,8 +255,8 @@ def _cl_stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     part_mean = torch.empty((samples, splits, chans), dtype=torch.float32, device=x.device)
     part_m2 = torch.empty_like(part_mean)
     grid = (samples, triton.cdiv(chans, block_c))
-    _cl_stats_kernel[grid + (splits,)](x, part_mean, part_m2, spatial, chans, split_rows, BLOCK_R=ROWS,
-                                       BLOCK_C=block_c, num_warps=4)
+    _cl_stats_kernel[grid + (splits,)](x, part_mean, part_m2, spatial, chans, split_rows,
+                                       BLOCK_R=STATS_TILE[0], BLOCK_C=block_c, num_warps=STATS_WARPS)
     mean = torch.empty((samples, chans), dtype=torch.float32, device=x.device)
     rstd = torch.empty_like(mean)
     _cl_finalize_kernel[grid](part_mean, part_m2, mean, rstd, spatial, chans, splits, split_rows, eps,
@@ -188,16 +264,19 @@ def _cl_stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, rstd
 
 
-def _instance_norm_channels_last(x, residual, norm_residual, slope, eps, weight, bias) -> torch.Tensor:
-    out = torch.empty_like(x)  # keeps the channels-last strides
+def _instance_norm_channels_last(x, residual, norm_residual, slope, eps, weight, bias, out) -> torch.Tensor:
+    if out is None:
+        out = torch.empty_like(x)  # keeps the channels-last strides
+    else:
+        _check_out(out, x)
     samples, chans, spatial = x.shape[0], x.shape[1], x[0, 0].numel()
     x_stats = _cl_stats(x, eps)
     r_stats = _cl_stats(residual, eps) if residual is not None and norm_residual else x_stats
-    block_c = _channel_block(chans)
-    _cl_apply_kernel[(triton.cdiv(spatial, ROWS), triton.cdiv(chans, block_c), samples)](
+    rows, block_c = APPLY_TILE[0], _channel_block(chans, APPLY_TILE)
+    _cl_apply_kernel[(triton.cdiv(spatial, rows), triton.cdiv(chans, block_c), samples)](
         x, *x_stats, x if residual is None else residual, *r_stats, x if weight is None else weight,
-        x if bias is None else bias, out, spatial, chans, slope, HAS_RESIDUAL=residual is not None,
-        NORM_RESIDUAL=norm_residual, AFFINE=weight is not None, BLOCK_R=ROWS, BLOCK_C=block_c, num_warps=4)
+        x if bias is None else bias, out, spatial, chans, out.stride(3), slope, HAS_RESIDUAL=residual is not None,
+        NORM_RESIDUAL=norm_residual, AFFINE=weight is not None, BLOCK_R=rows, BLOCK_C=block_c, num_warps=APPLY_WARPS)
     return out
 
 
@@ -211,21 +290,22 @@ def _stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
 
 def instance_norm_leaky_relu(x: torch.Tensor, residual: torch.Tensor | None = None, norm_residual: bool = True,
                              slope: float = 0.01, eps: float = 1e-5, weight: torch.Tensor | None = None,
-                             bias: torch.Tensor | None = None) -> torch.Tensor:
+                             bias: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """leaky_relu(IN(x) [* weight + bias] [+ IN(residual) or + residual]) for (N, C, *spatial) maps that are
     contiguous or channels-last (both of one layout); ``slope`` 1 gives the norm alone. The affine weight and
-    bias are for channels-last maps only."""
+    bias, and ``out`` (where to write: a channels-last view such as ``cat[:, c:]``), are for channels-last
+    2-D maps only."""
     if x.device.type != "cuda" and not _interpreting():
         raise RuntimeError("The Triton instance norm needs CUDA tensors")
     last = channels_last(x)
     dense = (lambda t: channels_last(t)) if last else (lambda t: t.is_contiguous())
     if not dense(x) or (residual is not None and (not dense(residual) or residual.shape != x.shape)):
         raise ValueError("instance_norm_leaky_relu needs dense maps of one shape and layout")
-    if (weight is not None or bias is not None) and not last:
-        raise ValueError("instance_norm_leaky_relu takes an affine weight for channels-last maps only")
+    if (weight is not None or bias is not None or out is not None) and not (last and x.dim() == 4):
+        raise ValueError("instance_norm_leaky_relu takes an affine weight or out for channels-last 2-D maps only")
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         if last:
-            return _instance_norm_channels_last(x, residual, norm_residual, slope, eps, weight, bias)
+            return _instance_norm_channels_last(x, residual, norm_residual, slope, eps, weight, bias, out)
         out = torch.empty_like(x)
         x_mean, x_rstd = _stats(x, eps)
         r_mean, r_rstd = _stats(residual, eps) if residual is not None and norm_residual else (x_mean, x_rstd)

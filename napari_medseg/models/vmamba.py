@@ -19,14 +19,19 @@ DIRECTIONS = 4  # row-major, column-major, and both reversed
 
 class LayerNorm(nn.LayerNorm):
     """``nn.LayerNorm`` (same state_dict) that, for inference under CUDA autocast, normalises a
-    half-precision input in its own dtype (the kernel's statistics are fp32) instead of autocast's fp32 copy
-    in and fp32 output, which tripled the memory traffic; the parameters are cast like a Linear's weight
-    under autocast. Training keeps autocast's fp32 layer norm."""
+    half-precision input in its own dtype (statistics in fp32) instead of autocast's fp32 copy in and fp32
+    output, which tripled the memory traffic; the parameters are cast like a Linear's weight under autocast.
+    With triton, ``triton_norm.layer_norm`` computes it (several rows per program). Training keeps
+    autocast's fp32 layer norm."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inference = not (torch.is_grad_enabled() and self.weight.requires_grad)
         half = x.is_cuda and torch.is_autocast_enabled("cuda") and x.dtype == torch.get_autocast_dtype("cuda")
         if inference and half:
+            if triton_available():
+                from .triton_norm import layer_norm
+
+                return layer_norm(x, self.weight, self.bias, self.eps)
             with torch.autocast("cuda", enabled=False):
                 return F.layer_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
         return super().forward(x)
@@ -157,11 +162,12 @@ class SS2D(nn.Module):
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.matmul(self.dt_projs_weight, dts)
         # the scan reads u, delta, B, C in the activations' dtype (half under autocast: the official code's
-        # .float() copies hold the same values) and keeps its state and sums in fp32
+        # .float() copies hold the same values) and keeps its state and sums in fp32; every backend reads
+        # B and C through their strides (rows of x_dbl)
         kind = xs.dtype
         return selective_scan(
             xs.reshape(b, -1, length), dts.to(kind).reshape(b, -1, length),
-            -torch.exp(self.A_logs.float()), Bs.to(kind).contiguous(), Cs.to(kind).contiguous(), self.Ds.float(),
+            -torch.exp(self.A_logs.float()), Bs.to(kind), Cs.to(kind), self.Ds.float(),
             delta_bias=self.dt_projs_bias.float().reshape(-1), delta_softplus=True,
         ).view(b, DIRECTIONS, d, length)
 

@@ -27,10 +27,17 @@ def _interpreted_report() -> dict:
             expected = conv(x)
         report[name] = relative_error(got, expected)
         report[name + "-layout"] = got.shape == expected.shape and got.permute(0, 2, 3, 1).is_contiguous()
+    triton_conv.HEAD_PIXELS, triton_conv.HEAD_CHANNELS = 32, 16  # several pixel blocks and channel steps
+    head = torch.nn.Conv2d(40, 14, 1)
+    x = torch.randn(2, 40, 9, 13).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        got = triton_conv.head_conv2d(x, head)
+        report["head"] = relative_error(got, head(x))
+    report["head-layout"] = got.is_contiguous()  # channels-first logits
     return report
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", [*CASES, "head"])
 def test_interpreted_kernel_matches_conv2d(interpreted, name):
     assert interpreted[name] < 1e-5, interpreted
     assert interpreted[name + "-layout"] is True

@@ -37,7 +37,8 @@ def _interpreted_report() -> dict:
                                      "identity-residual": (residual, False)}.items():
         got = triton_norm.instance_norm_leaky_relu(x, r, norm_residual=norm_residual)
         report[name] = relative_error(got, _expected(x, r, norm_residual))
-    triton_norm.ROWS, triton_norm.CHANNELS, triton_norm.SPLIT_ROWS = 16, 32, 32  # several splits and blocks
+    triton_norm.STATS_TILE = triton_norm.APPLY_TILE = (16, 32)  # several splits and channel blocks
+    triton_norm.SPLIT_ROWS = 32
     wide = (3 + 2 * torch.randn(2, 80, 9, 13, generator=g)).contiguous(memory_format=torch.channels_last)
     wide_residual = torch.randn(2, 80, 9, 13, generator=g).contiguous(memory_format=torch.channels_last)
     for name, (r, norm_residual) in {"cl-alone": (None, True), "cl-normed-residual": (wide_residual, True),
@@ -48,6 +49,19 @@ def _interpreted_report() -> dict:
     weight, bias = torch.randn(80, generator=g), torch.randn(80, generator=g)
     got = triton_norm.instance_norm_leaky_relu(wide, slope=1.0, weight=weight, bias=bias)
     report["cl-affine"] = relative_error(got, F.instance_norm(wide, weight=weight, bias=bias))
+    joined = torch.zeros(2, 9, 13, 160).permute(0, 3, 1, 2)  # written into a concatenation's second half
+    triton_norm.instance_norm_leaky_relu(wide, wide_residual, out=joined[:, 80:])
+    report["cl-out"] = max(relative_error(joined[:, 80:], _expected(wide, wide_residual, True)),
+                           float(joined[:, :80].abs().max()))  # the first half untouched
+    triton_norm.copy_channels_last(joined[:, :80], wide_residual)
+    report["cl-copy"] = max(relative_error(joined[:, :80], wide_residual),
+                            relative_error(joined[:, 80:], _expected(wide, wide_residual, True)))
+    triton_norm.LAYER_NORM_ELEMENTS = 256  # several rows per program, the last program partial
+    for name, shape in {"layer-norm-96": (2, 5, 7, 96), "layer-norm-130": (3, 1, 130)}.items():
+        rows = 3 + torch.randn(*shape, generator=g)
+        weight, bias = torch.randn(shape[-1], generator=g), torch.randn(shape[-1], generator=g)
+        report[name] = relative_error(triton_norm.layer_norm(rows, weight, bias, 1e-5),
+                                      F.layer_norm(rows, shape[-1:], weight, bias, 1e-5))
     volume = torch.randn(1, 2, 5, 6, 7, generator=g)  # 3-D maps
     report["volume"] = relative_error(triton_norm.instance_norm_leaky_relu(volume), _expected(volume, None, True))
     swin_umamba.fused_norms = lambda *_: True  # the ResBlocks' fused path on the CPU
@@ -63,12 +77,20 @@ def _interpreted_report() -> dict:
                 swin_umamba.fused_norms = lambda *_: True
             suffix = "-cl" if layout == torch.channels_last else ""
             report[f"resblock-{channels[0]}-{channels[1]}{suffix}"] = relative_error(fused, eager)
+    torch.manual_seed(0)  # the decoder's concatenation written in place by the skip block
+    up, skip_block = swin_umamba.UpBlock(12, 6).eval(), swin_umamba.BasicBlock(4, 6).eval()
+    below = torch.randn(2, 12, 5, 4).contiguous(memory_format=torch.channels_last)
+    skip_input = torch.randn(2, 4, 10, 8).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        joined = up.joined(below, skip_block, skip_input)
+        report["upblock-joined"] = relative_error(joined, up(below, skip_block(skip_input)))
     return report
 
 
 @pytest.mark.parametrize("name", ["alone", "normed-residual", "identity-residual", "volume", "resblock-4-6",
                                   "resblock-6-6", "cl-alone", "cl-normed-residual", "cl-identity-residual",
-                                  "cl-affine", "resblock-4-6-cl", "resblock-6-6-cl"])
+                                  "cl-affine", "resblock-4-6-cl", "resblock-6-6-cl", "cl-out", "cl-copy",
+                                  "layer-norm-96", "layer-norm-130", "upblock-joined"])
 def test_interpreted_kernels_match_pytorch(interpreted, name):
     assert interpreted[name] < TOLERANCE, interpreted
 
