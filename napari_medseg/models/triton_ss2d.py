@@ -31,11 +31,24 @@ MERGE_TILE, MERGE_WARPS = (8, 8, 128), 8
 
 
 @triton.jit
+def _tile_origin(width, TH: tl.constexpr, TW: tl.constexpr):
+    """(first row, first column) of this program's TH x TW pixel tile (tiles row-major over program axis 0)."""
+    tiles_w = tl.cdiv(width, TW)
+    return (tl.program_id(0) // tiles_w) * TH, (tl.program_id(0) % tiles_w) * TW
+
+
+@triton.jit
+def _mirrored_tile(row0, col0, height, width, TH: tl.constexpr, TW: tl.constexpr):
+    """Rows and columns, ascending, of the tile mirrored through the map's centre: position k holds
+    height - 1 - (row0 + TH - 1 - k), i.e. the mirror of the tile's row TH - 1 - k (likewise columns).
+    Negative where the tile overhangs the map."""
+    return height - TH - row0 + tl.arange(0, TH), width - TW - col0 + tl.arange(0, TW)
+
+
+@triton.jit
 def _conv_kernel(x_ptr, x_sb, x_sh, x_sw, weight_ptr, bias_ptr, xs_ptr, dim, height, width,
                  TH: tl.constexpr, TW: tl.constexpr, CB: tl.constexpr):
-    tiles_w = tl.cdiv(width, TW)
-    row0 = (tl.program_id(0) // tiles_w) * TH
-    col0 = (tl.program_id(0) % tiles_w) * TW
+    row0, col0 = _tile_origin(width, TH, TW)
     rows = row0 + tl.arange(0, TH)
     cols = col0 + tl.arange(0, TW)
     channels = tl.program_id(1) * CB + tl.arange(0, CB)
@@ -61,8 +74,7 @@ def _conv_kernel(x_ptr, x_sb, x_sh, x_sw, weight_ptr, bias_ptr, xs_ptr, dim, hei
     tl.store(planes + dim * length + cols[None, :, None] * height + rows[:, None, None], acc, mask=ok)
     # the reversed sequences hold pixel (r, c) at the row-/column-major index of (H-1-r, W-1-c): the tile,
     # flipped, goes to the mirrored tile with ascending addresses (see _gathered)
-    m_rows = height - TH - row0 + tl.arange(0, TH)
-    m_cols = width - TW - col0 + tl.arange(0, TW)
+    m_rows, m_cols = _mirrored_tile(row0, col0, height, width, TH, TW)
     m_ok = (m_rows >= 0)[:, None, None] & (m_cols >= 0)[None, :, None] & channel_ok[None, None, :]
     flipped = tl.flip(tl.flip(acc, 0), 1)
     tl.store(planes + 2 * dim * length + m_rows[:, None, None] * width + m_cols[None, :, None], flipped, mask=m_ok)
@@ -83,9 +95,7 @@ def _gathered(ys_ptr, row0, col0, channels, dim, height, width, TH: tl.constexpr
     v = tl.load(ys_ptr + plane + rows[:, None, None] * width + cols[None, :, None], mask=ok, other=0.0).to(tl.float32)
     v += tl.load(ys_ptr + dim * length + plane + cols[None, :, None] * height + rows[:, None, None], mask=ok,
                  other=0.0).to(tl.float32)
-    # position k of the mirrored tile holds row height - 1 - rows[TH - 1 - k] (likewise columns)
-    m_rows = height - TH - row0 + tl.arange(0, TH)
-    m_cols = width - TW - col0 + tl.arange(0, TW)
+    m_rows, m_cols = _mirrored_tile(row0, col0, height, width, TH, TW)
     m_ok = (m_rows >= 0)[:, None, None] & (m_cols >= 0)[None, :, None] & channel_ok
     reversed_sum = tl.load(ys_ptr + 2 * dim * length + plane + m_rows[:, None, None] * width + m_cols[None, :, None],
                            mask=m_ok, other=0.0).to(tl.float32)
@@ -97,9 +107,7 @@ def _gathered(ys_ptr, row0, col0, channels, dim, height, width, TH: tl.constexpr
 @triton.jit
 def _merge_kernel(ys_ptr, z_ptr, z_sb, z_sh, z_sw, weight_ptr, bias_ptr, y_ptr, dim, height, width, eps,
                   TH: tl.constexpr, TW: tl.constexpr, CB: tl.constexpr):
-    tiles_w = tl.cdiv(width, TW)
-    row0 = (tl.program_id(0) // tiles_w) * TH
-    col0 = (tl.program_id(0) % tiles_w) * TW
+    row0, col0 = _tile_origin(width, TH, TW)
     rows = row0 + tl.arange(0, TH)
     cols = col0 + tl.arange(0, TW)
     batch = tl.program_id(1).to(tl.int64)
