@@ -19,7 +19,7 @@ from .families import load_strict
 from .loaded import LoadedModel
 from .nnunet_checkpoint import is_nnunet_checkpoint, parse_nnunet_checkpoint
 from .scan import triton_available
-from .vmamba import PatchExpand2D, VSSLayer, VSSMEncoder
+from .vmamba import PatchExpand2D, VSSLayer, VSSMEncoder, inference
 
 FAMILIES = ("swin_umamba", "swin_umamba_d")
 TRAINER_PREFIX = "nnUNetTrainerSwinUMamba"
@@ -40,7 +40,7 @@ class ConvUnit(nn.Module):
 def fused_norms(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether a ResBlock runs its norms and activations as the Triton kernels of ``triton_norm``: CUDA
     inference (no gradients to ``weight``) with triton importable."""
-    return x.is_cuda and not (torch.is_grad_enabled() and weight.requires_grad) and triton_available()
+    return x.is_cuda and inference(weight) and triton_available()
 
 
 def channels_last_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -156,16 +156,13 @@ class UpBlock(nn.Module):
     def joined(self, x: torch.Tensor, skip_block: BasicBlock, skip_input: torch.Tensor) -> torch.Tensor:
         """``forward(x, skip_block(skip_input))`` for channels-last inference, without ``torch.cat``: the
         skip block writes into the concatenation's second half."""
-        from .triton_norm import channels_last, copy_channels_last
+        from .triton_norm import copy_channels_last
 
         up = self.transp_conv(x)
         b, c, h, w = up.shape
         joined = torch.empty((b, h, w, 2 * c), dtype=up.dtype, device=up.device).permute(0, 3, 1, 2)
         skip_block(skip_input, out=joined[:, c:])
-        if channels_last(up):
-            copy_channels_last(joined[:, :c], up)
-        else:
-            joined[:, :c].copy_(up)
+        copy_channels_last(joined[:, :c], up)
         return self.conv_block(joined)
 
 

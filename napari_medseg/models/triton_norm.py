@@ -207,7 +207,8 @@ def _cl_copy_kernel(src_ptr, dst_ptr, pixels, chans, dst_stride, BLOCK_R: tl.con
 
 
 def copy_channels_last(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """``dst.copy_(src)`` for a dense channels-last ``src`` and a channels-last view ``dst`` whose pixels
+    """``dst.copy_(src)`` for a dense channels-last ``src`` (a transposed convolution's output under
+    channels-last inference) and a channels-last view ``dst`` whose pixels
     hold more channels (``cat[:, :c]``): PyTorch's strided copy ran at a quarter of the bandwidth."""
     if src.device.type != "cuda" and not _interpreting():
         raise RuntimeError("The Triton copy needs CUDA tensors")
@@ -220,7 +221,7 @@ def copy_channels_last(dst: torch.Tensor, src: torch.Tensor) -> None:
 
 
 def _check_out(out: torch.Tensor, x: torch.Tensor) -> None:
-    if not channels_last(x):
+    if not x.movedim(1, -1).is_contiguous():
         raise ValueError("expected a dense channels-last map")
     if (out.shape != x.shape or out.dtype != x.dtype or out.stride(1) != 1
             or out.stride()[2:] != (x.shape[3] * out.stride(3), out.stride(3))

@@ -17,6 +17,11 @@ from .scan import selective_scan, triton_available
 DIRECTIONS = 4  # row-major, column-major, and both reversed
 
 
+def inference(weight: torch.Tensor) -> bool:
+    """Whether no gradient flows to ``weight`` (the fused inference paths' condition)."""
+    return not (torch.is_grad_enabled() and weight.requires_grad)
+
+
 class LayerNorm(nn.LayerNorm):
     """``nn.LayerNorm`` (same state_dict) that, for inference under CUDA autocast, normalises a
     half-precision input in its own dtype (statistics in fp32) instead of autocast's fp32 copy in and fp32
@@ -25,9 +30,8 @@ class LayerNorm(nn.LayerNorm):
     autocast's fp32 layer norm."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        inference = not (torch.is_grad_enabled() and self.weight.requires_grad)
         half = x.is_cuda and torch.is_autocast_enabled("cuda") and x.dtype == torch.get_autocast_dtype("cuda")
-        if inference and half:
+        if inference(self.weight) and half:
             if triton_available():
                 from .triton_norm import layer_norm
 
@@ -103,9 +107,7 @@ def fused_ss2d(xz: torch.Tensor, module: "SS2D") -> bool:
     """Whether SS2D's convolution and merge run as the Triton kernels of ``triton_ss2d``: CUDA inference
     (no gradients to the module) on half-precision activations (float32 keeps the official computation),
     with triton importable and a 3x3 convolution."""
-    if not xz.is_cuda or xz.dtype not in (torch.float16, torch.bfloat16):
-        return False
-    if torch.is_grad_enabled() and module.x_proj_weight.requires_grad:
+    if not xz.is_cuda or xz.dtype not in (torch.float16, torch.bfloat16) or not inference(module.x_proj_weight):
         return False
     return module.conv2d.kernel_size == (3, 3) and triton_available()
 

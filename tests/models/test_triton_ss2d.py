@@ -12,26 +12,14 @@ import pytest
 import torch
 
 from test_scan import relative_error
+from test_vmamba_models import official_ss2d, perturbed_ss2d
 
 # (d_model, d_state, height, width): channels and maps that fill no tile exactly, H != W, one-row maps
 CASES = {"16-channels-9x11": (8, 16, 9, 11), "40-channels-6x13": (20, 4, 6, 13), "single-row": (8, 4, 1, 21)}
 
 
-def perturbed_ss2d(d_model: int, d_state: int):
-    from napari_medseg.models.vmamba import SS2D
-
-    torch.manual_seed(0)
-    module = SS2D(d_model, d_state=d_state).eval()
-    with torch.no_grad():  # every parameter away from its initial value (LayerNorm's 1/0 included)
-        for p in module.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return module
-
-
 def _interpreted_report() -> dict:
     """Run in the subprocess (TRITON_INTERPRET=1)."""
-    from test_vmamba_models import official_ss2d
-
     from napari_medseg.models import triton_ss2d, vmamba
 
     triton_ss2d.CONV_TILE = (4, 8, 16)

@@ -82,12 +82,18 @@ def official_ss2d(module: SS2D, x: torch.Tensor) -> torch.Tensor:
     return module.out_proj(y * F.silu(z))
 
 
-def test_ss2d_matches_official_on_non_square_maps():
+def perturbed_ss2d(d_model: int, d_state: int = 16) -> SS2D:
     torch.manual_seed(0)
-    module = SS2D(8).eval()
-    with torch.no_grad():
+    module = SS2D(d_model, d_state=d_state).eval()
+    with torch.no_grad():  # every parameter away from its initial value (LayerNorm's 1/0 included)
         for p in module.parameters():
             p.add_(0.1 * torch.randn_like(p))
+    return module
+
+
+def test_ss2d_matches_official_on_non_square_maps():
+    module = perturbed_ss2d(8)
+    with torch.no_grad():
         x = torch.randn(2, 5, 7, 8)  # H != W: a row/column mix-up in the cross-scan would show
         got, expected = module(x), official_ss2d(module, x)
     assert ((got - expected).abs().max() / expected.abs().max()) < 1e-5
