@@ -145,7 +145,7 @@ class SegmentWidget(QWidget):
 
     def _find_devices(self) -> None:
         """List CUDA/MPS devices without blocking the viewer (importing torch takes seconds)."""
-        from napari.qt.threading import create_worker
+        from .runner import create_worker  # tracked, so that demo and tests can wait for it
 
         from ..device import available_devices
 
