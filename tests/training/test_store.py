@@ -113,3 +113,45 @@ def test_nnunet_export_marks_unreviewed_slices_ignore_and_imports_back(tmp_path,
     assert len(imported.entries()) == 2
     entry = next(e for e in imported.entries() if e.ndim == 3)
     assert entry.reviewed["slices"] == [0, 1, 2, 3, 4] and entry.report == "two organs"
+
+
+# ---- issue 18 -------------------------------------------------------------------------------------
+
+def _record(entry):
+    return json.loads((entry.folder / "entry.json").read_text())
+
+
+@pytest.mark.parametrize("absolute", [True, False])
+def test_paths_in_entry_json_never_lead_outside_the_entry(tmp_path, make_volume, absolute):
+    image, labels = _on_disk(make_volume, tmp_path)
+    store = AnnotationStore(tmp_path / "project")
+    entry = store.save(image, labels)
+    victim = tmp_path / "victim.nii.gz"
+    victim.write_bytes(entry.labels_path.read_bytes())  # same hash as the recorded one
+    (tmp_path / "victim.json").write_text("{}")
+    record = _record(entry)
+    record["labels_file"] = str(victim) if absolute else "../../../victim.nii.gz"
+    (entry.folder / "entry.json").write_text(json.dumps(record))
+
+    with pytest.warns(UserWarning, match="outside its folder|not a file of its folder"):
+        assert store.entries() == []
+    with pytest.warns(UserWarning), pytest.raises(MedsegError, match="cannot be updated"):
+        store.save(image, labels)
+    assert victim.is_file() and (tmp_path / "victim.json").is_file()
+    assert _record(entry)["labels_file"] == record["labels_file"]  # the damaged record is left for the user
+
+
+def test_image_copy_outside_the_entry_is_refused(tmp_path, make_volume):
+    image, labels = make_volume()
+    store = AnnotationStore(tmp_path / "project")
+    entry = store.save(image, labels)
+    outside = write_image_copy(image, tmp_path / "outside.mha")
+    for name in (str(outside), "../../../outside.mha"):
+        record = _record(entry)
+        record["image"]["copy"] = name
+        (entry.folder / "entry.json").write_text(json.dumps(record))
+        with pytest.warns(UserWarning, match="outside its folder|not a file of its folder"):
+            assert store.entries() == []
+        entry.image["copy"] = name
+        with pytest.raises(MedsegError, match="folder"):
+            store.read_image(entry)
