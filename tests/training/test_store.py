@@ -155,3 +155,54 @@ def test_image_copy_outside_the_entry_is_refused(tmp_path, make_volume):
         entry.image["copy"] = name
         with pytest.raises(MedsegError, match="folder"):
             store.read_image(entry)
+
+
+def _malform(folder, kind):
+    record = folder / "entry.json"
+    content = json.loads(record.read_text())
+    if kind == "directory":
+        record.unlink()
+        record.mkdir()
+    elif kind == "unreadable":
+        record.chmod(0)
+    elif kind == "invalid json":
+        record.write_bytes(b"\xff{not json")
+    else:
+        key, value = kind
+        content[key] = value
+        record.write_text(json.dumps(content).replace('"__inf__"', "1e999"))
+
+
+MALFORMED = ["directory", "unreadable", "invalid json", ("classes", []), ("revision", "__inf__"),
+             ("prompts", {"a": 1}), ("image", None), ("reviewed", {"slices": ["x"]})]
+
+
+@pytest.mark.parametrize("kind", MALFORMED, ids=lambda k: k if isinstance(k, str) else k[0])
+def test_one_malformed_entry_is_logged_and_skipped(tmp_path, make_volume, caplog, monkeypatch, kind):
+    import os
+    import pathlib
+
+    if kind == "unreadable" and os.geteuid() == 0:  # root reads any file: refuse it the way the kernel would
+        read_text = pathlib.Path.read_text
+
+        def refusing(path, *args, **kwargs):
+            if path.name == "entry.json" and not os.stat(path).st_mode & 0o444:
+                raise PermissionError(13, "Permission denied", str(path))
+            return read_text(path, *args, **kwargs)
+
+        monkeypatch.setattr(pathlib.Path, "read_text", refusing)
+    store = AnnotationStore(tmp_path / "project")
+    good = store.save(*_on_disk(make_volume, tmp_path, 0, "a.nii.gz"))
+    bad = store.save(*_on_disk(make_volume, tmp_path, 1, "b.nii.gz"))
+    _malform(bad.folder, kind)
+    try:
+        with pytest.warns(UserWarning, match="skipping entry"), caplog.at_level("WARNING"):
+            assert [e.id for e in store.entries()] == [good.id]
+            assert [c.name for c in cases_from_store(store)] == [good.id]
+        assert any(bad.id in r.getMessage() and "entry.json" in r.getMessage() for r in caplog.records)
+        assert len(store.problems) == 1 and bad.id in store.problems[0]
+        third = store.save(*_on_disk(make_volume, tmp_path, 2, "c.nii.gz"))  # the rest of the store works
+        assert third.revision == 1
+        assert store.summary()["images"] == 2
+    finally:
+        (bad.folder / "entry.json").chmod(0o644)
