@@ -206,3 +206,40 @@ def test_one_malformed_entry_is_logged_and_skipped(tmp_path, make_volume, caplog
         assert store.summary()["images"] == 2
     finally:
         (bad.folder / "entry.json").chmod(0o644)
+
+
+def _save_many(project, image_path, labels_path, who, times, start):
+    """One writer process: save the same image ``times`` times with its own class name and prompts."""
+    image, labels = read_image(image_path), np.load(labels_path)
+    store = AnnotationStore(project, create=False)
+    start.wait(60)  # both processes save at the same moment
+    for i in range(times):
+        store.save(image, labels, classes={who + 1: f"organ of {who}"}, prompts=[{"kind": "point", "who": who, "i": i}])
+
+
+def test_two_processes_saving_at_once_lose_nothing(tmp_path, make_volume):
+    import multiprocessing
+
+    image, labels = _on_disk(make_volume, tmp_path)
+    np.save(tmp_path / "labels.npy", labels)
+    assert {1, 2} <= set(np.unique(labels).tolist())
+    project = tmp_path / "project"
+    AnnotationStore(project)
+    times = 25
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(2)
+    workers = [context.Process(target=_save_many, args=(project, image.path, tmp_path / "labels.npy", who, times, start))
+               for who in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert [w.exitcode for w in workers] == [0, 0]
+
+    store = AnnotationStore(project, create=False)
+    (entry,) = store.entries()
+    assert entry.revision == 2 * times
+    assert sorted((p["who"], p["i"]) for p in entry.prompts) == sorted((w, i) for w in range(2) for i in range(times))
+    assert store.classes[1] == "organ of 0" and store.classes[2] == "organ of 1"
+    assert sorted(p.name for p in entry.folder.iterdir()) == [
+        "entry.json", f"labels-{2 * times}.json", f"labels-{2 * times}.nii.gz"]
