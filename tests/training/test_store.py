@@ -1,5 +1,6 @@
 """The annotation store: saving, finding, reopening, damaged entries, nnU-Net export/import."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -243,3 +244,50 @@ def test_two_processes_saving_at_once_lose_nothing(tmp_path, make_volume):
     assert store.classes[1] == "organ of 0" and store.classes[2] == "organ of 1"
     assert sorted(p.name for p in entry.folder.iterdir()) == [
         "entry.json", f"labels-{2 * times}.json", f"labels-{2 * times}.nii.gz"]
+
+
+def test_opening_removes_a_killed_writers_temporary_files(tmp_path, make_volume):
+    image, labels = make_volume()
+    store = AnnotationStore(tmp_path / "project")
+    entry = store.save(image, labels)
+    stale = [store.folder / ".medseg-tmp-0123456789ab-project.json", entry.folder / ".medseg-tmp-0123456789ab-image.mha",
+             entry.folder / ".medseg-tmp-0123456789ab-entry.json", entry.folder / ".0a1b2c3d.tmp-labels-2.nii.gz"]
+    for path in stale:
+        path.write_bytes(b"half written")
+    reopened = AnnotationStore(tmp_path / "project", create=False)
+    assert not any(path.exists() for path in stale)
+    assert sorted(p.name for p in entry.folder.iterdir()) == ["entry.json", "image.mha", "labels-1.json", "labels-1.nii.gz"]
+    np.testing.assert_array_equal(reopened.restore(image), labels)
+
+
+def test_written_files_get_the_umask_permissions(tmp_path, make_volume):
+    import os
+
+    image, labels = make_volume()
+    old = os.umask(0o022)
+    try:
+        entry = AnnotationStore(tmp_path / "project").save(image, labels)
+    finally:
+        os.umask(old)
+    for path in [tmp_path / "project" / "project.json", *entry.folder.iterdir()]:
+        assert path.stat().st_mode & 0o777 == 0o644, path.name
+
+
+def test_labels_and_folders_are_durable_before_entry_json_names_them(tmp_path, make_volume, monkeypatch):
+    import os
+
+    from napari_medseg import atomic
+
+    events = []
+    fsync_file, fsync_dir, replace = atomic.fsync_file, atomic.fsync_dir, os.replace
+    monkeypatch.setattr(atomic, "fsync_file", lambda p: (events.append(("file", Path(p).name)), fsync_file(p)))
+    monkeypatch.setattr(atomic, "fsync_dir", lambda p: (events.append(("dir", Path(p).name)), fsync_dir(p)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", Path(b).name)), replace(a, b)))
+    image, labels = make_volume()
+    store = AnnotationStore(tmp_path / "project")
+    entry = store.save(image, labels)
+    named = events.index(("replace", "entry.json"))
+    before = events[:named]
+    assert ("file", "labels-1.nii.gz") in before and ("file", "labels-1.json") in before
+    assert ("dir", entry.id) in before and ("dir", "entries") in before  # the labels' and the entry's folders
+    assert before.index(("replace", "image.mha")) < before.index(("dir", entry.id), before.index(("file", "labels-1.nii.gz")))
