@@ -291,3 +291,24 @@ def test_labels_and_folders_are_durable_before_entry_json_names_them(tmp_path, m
     assert ("file", "labels-1.nii.gz") in before and ("file", "labels-1.json") in before
     assert ("dir", entry.id) in before and ("dir", "entries") in before  # the labels' and the entry's folders
     assert before.index(("replace", "image.mha")) < before.index(("dir", entry.id), before.index(("file", "labels-1.nii.gz")))
+
+
+def test_save_costs_the_same_in_a_small_and_a_large_store(tmp_path, make_volume, monkeypatch):
+    from napari_medseg.training import store as store_module
+
+    def hashes_of_saves(project, others):
+        store = AnnotationStore(tmp_path / project)
+        for seed in range(others):
+            store.save(*make_volume(seed=10 + seed))
+        image, labels = make_volume(seed=0)
+        calls = []
+        for name in ("file_hash", "image_hash"):
+            original = getattr(store_module, name)
+            monkeypatch.setattr(store_module, name, lambda x, _f=original, _n=name: (calls.append(_n), _f(x))[1])
+        store.save(image, labels)  # a new entry
+        store.save(image, labels)  # an update
+        monkeypatch.undo()
+        return sorted(calls)
+
+    small, large = hashes_of_saves("small", 1), hashes_of_saves("large", 6)
+    assert small == large and 0 < len(small) <= 6
