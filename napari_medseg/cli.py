@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import tempfile
+from pathlib import Path
 
 from .errors import MedsegError
 
@@ -16,6 +19,26 @@ SUBCOMMANDS = {
     "evaluate": ("napari_medseg.evaluation.cli", "compare predicted and reference label maps"),
     "train": ("napari_medseg.cli_commands.train", "fine-tune or train a model on labelled images"),
 }
+
+
+def check_output_folder(folder: str | Path, what: str, *, create: bool = False) -> None:
+    """Refuse, in one line, an output folder that is missing (unless ``create``: then its nearest existing
+    parent must take new entries), is a file, or is not writable; a probe file tests writability (root
+    and read-only mounts make permission bits unreliable)."""
+    folder = Path(folder)
+    existing = folder
+    if create:
+        existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    if not existing.exists():
+        raise MedsegError(f"{what}: folder {folder} does not exist")
+    if not existing.is_dir():
+        raise MedsegError(f"{what}: {existing} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".medseg-probe-", dir=existing)
+    except OSError as exc:
+        raise MedsegError(f"{what}: cannot write in {existing} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:

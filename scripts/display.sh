@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install the X virtual framebuffer and the Qt xcb libraries when there is no display (Debian/Ubuntu).
 set -euo pipefail
-if command -v Xvfb >/dev/null 2>&1 && ldconfig -p | grep -q libxcb-icccm.so.4; then exit 0; fi
+# grep reads ldconfig's whole listing from a process substitution: in a pipe under pipefail, grep -q
+# exiting at the first match kills ldconfig with SIGPIPE and the check fails at random.
+if command -v Xvfb >/dev/null 2>&1 && grep -q libxcb-icccm.so.4 < <(ldconfig -p 2>/dev/null); then exit 0; fi
 if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "No display and no apt-get: install Xvfb and run 'xvfb-run -a .venv/bin/medseg demo'" >&2; exit 1

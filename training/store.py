@@ -8,9 +8,11 @@ Layout::
     <project>/entries/<entry-id>/labels-<revision>.nii.gz   label map in the image's geometry
     <project>/entries/<entry-id>/image.mha    a copy, only for images without a readable file
 
-Writes are atomic and ordered (new labels file, then entry.json, then the old labels file is
-removed), so a crash at any moment leaves the previous or the new revision, never a mix. An entry
-whose files do not match its record is reported (``problems``) and skipped, never used.
+Writes are atomic and ordered (new labels file, fsynced with its folder, then entry.json, then the old
+labels file is removed), so a crash at any moment leaves the previous or the new revision, never a mix.
+Writers of all processes take one lock (``<project>/.lock``, fcntl), so revisions only go up and
+prompts and classes are merged, never lost. An entry whose files do not match its record, or whose
+record names a file outside its folder, is reported (``problems``, logging) and skipped, never used.
 
 The image is referenced by path, a sha256 of its voxel data and its geometry; an image opened
 again anywhere is recognised by that hash (`find`). ``reviewed`` names the slices (along the first
@@ -18,19 +20,23 @@ array axis) the user checked; ``{"all": true}`` means the whole label map is che
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from napari_medseg import atomic
+from napari_medseg.atomic import atomic_write_json
 from napari_medseg.errors import ImageReadError, MedsegError
 from napari_medseg.io.formats import sidecar_path
 from napari_medseg.io.image import Image
@@ -38,6 +44,10 @@ from napari_medseg.io.image import Image
 STORE_FORMAT = "napari-medseg annotation store"
 STORE_VERSION = 1
 LABELS_SUFFIX = ".nii.gz"
+LOCK_NAME = ".lock"
+WRITER_TEMPS = ".*.tmp-*"  # io.write_labels' own temporary files
+
+log = logging.getLogger(__name__)
 
 
 def now() -> str:
@@ -60,19 +70,6 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_json(path: Path, content: dict) -> None:
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(content, stream, indent=1)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def write_image_copy(image: Image, path: Path) -> Path:
     """The image's voxels and geometry as a MetaImage (channels kept as vector components), atomically."""
     import SimpleITK as sitk
@@ -83,13 +80,41 @@ def write_image_copy(image: Image, path: Path) -> Path:
     itk.SetSpacing(image.spacing)
     itk.SetOrigin(image.origin)
     itk.SetDirection(tuple(image.direction.ravel()))
-    temp = path.with_name(f".tmp-{path.name}")
-    try:
+    with atomic.replacing(path) as temp:
         sitk.WriteImage(itk, str(temp), useCompression=True)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
     return path
+
+
+def inside(folder: Path, name) -> Path:
+    """``folder / name`` for a plain file name that stays in ``folder`` (links resolved); MedsegError otherwise."""
+    if not isinstance(name, str) or not name or name in (".", "..") or Path(name).name != name:
+        raise MedsegError(f"entry.json names {name!r}, which is not a file of its folder (damaged?)")
+    path = folder / name
+    if path.resolve().parent != folder.resolve():
+        raise MedsegError(f"entry.json names {name!r}, which leads outside its folder (damaged?)")
+    return path
+
+
+def _damaged(reason: str) -> MedsegError:
+    return MedsegError(f"entry.json is damaged ({reason})")
+
+
+def _integer(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _damaged(f"{what} is {value!r}, not an integer")
+    return value
+
+
+def _mapping(value, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise _damaged(f"{what} is {type(value).__name__}, not an object")
+    return value
+
+
+def _text(value, what: str) -> str:
+    if not isinstance(value, str):
+        raise _damaged(f"{what} is {value!r}, not text")
+    return value
 
 
 def _slug(text: str) -> str:
@@ -130,7 +155,11 @@ class Entry:
 
     @property
     def labels_path(self) -> Path:
-        return self.folder / self.labels_file
+        return inside(self.folder, self.labels_file)
+
+    @property
+    def copy_path(self) -> Path | None:
+        return inside(self.folder, self.image["copy"]) if self.image.get("copy") else None
 
     @property
     def ndim(self) -> int:
@@ -155,14 +184,43 @@ class Entry:
         }
 
     @classmethod
-    def from_json(cls, content: dict, folder: Path) -> "Entry":
+    def from_json(cls, content, folder: Path) -> "Entry":
+        """The entry a record describes, every field checked; MedsegError ("damaged") otherwise."""
+        content = _mapping(content, "the record")
+        for key in ("id", "image", "labels_file", "labels_sha256"):
+            if key not in content:
+                raise _damaged(f"no {key!r}")
+        image = dict(_mapping(content["image"], "image"))
+        _text(image.get("sha256"), "image sha256")
+        shape = _mapping(image.get("geometry"), "image geometry").get("shape")
+        if not isinstance(shape, list):
+            raise _damaged(f"image shape is {shape!r}, not a list")
+        [_integer(s, "an image size") for s in shape]
+        if image.get("copy") is not None:
+            _text(image["copy"], "image copy")
+        classes = {}
+        for key, name in _mapping(content.get("classes", {}), "classes").items():
+            try:
+                classes[int(key)] = _text(name, f"class {key}")
+            except ValueError:
+                raise _damaged(f"class value {key!r} is not an integer") from None
+        prompts = content.get("prompts", [])
+        if not isinstance(prompts, list) or not all(isinstance(p, dict) for p in prompts):
+            raise _damaged("prompts are not a list of objects")
+        reviewed = dict(_mapping(content.get("reviewed", {}), "reviewed"))
+        slices = reviewed.get("slices", [])
+        if not isinstance(slices, list):
+            raise _damaged("reviewed slices are not a list")
+        [_integer(i, "a reviewed slice") for i in slices]
+        revision = _integer(content.get("revision", 1), "revision")
+        if revision < 1:
+            raise _damaged(f"revision is {revision}")
         return cls(
-            id=str(content["id"]), folder=folder, image=dict(content["image"]), labels_file=str(content["labels_file"]),
-            labels_sha256=str(content["labels_sha256"]),
-            classes={int(k): str(v) for k, v in content.get("classes", {}).items()},
-            prompts=list(content.get("prompts", [])), reviewed=dict(content.get("reviewed", {})),
-            report=str(content.get("report", "")), revision=int(content.get("revision", 1)),
-            created=str(content.get("created", "")), modified=str(content.get("modified", "")),
+            id=_text(content["id"], "id"), folder=folder, image=image,
+            labels_file=_text(content["labels_file"], "labels_file"),
+            labels_sha256=_text(content["labels_sha256"], "labels_sha256"), classes=classes, prompts=list(prompts),
+            reviewed=reviewed, report=_text(content.get("report", ""), "report"), revision=revision,
+            created=_text(content.get("created", ""), "created"), modified=_text(content.get("modified", ""), "modified"),
         )
 
 
@@ -172,58 +230,134 @@ class AnnotationStore:
     def __init__(self, folder: str | Path, create: bool = True):
         self.folder = Path(folder).expanduser()
         self.problems: list[str] = []  # one line per entry that was skipped, from the last scan
+        self._lock_depth, self._lock_fd = 0, None
         manifest = self.folder / "project.json"
         if manifest.is_file():
-            try:
-                content = json.loads(manifest.read_text(encoding="utf-8"))
-            except ValueError:
-                raise MedsegError(f"{manifest} is damaged (not valid JSON)") from None
-            if content.get("format") != STORE_FORMAT:
-                raise MedsegError(f"{self.folder} is not a napari-medseg project folder")
-            self.classes = {int(k): str(v) for k, v in content.get("classes", {}).items()}
-            self.created = content.get("created", "")
-        elif create:
-            if self.folder.exists() and any(p.name != ".DS_Store" for p in self.folder.iterdir()):
-                raise MedsegError(f"{self.folder} is not empty and is not a napari-medseg project; choose an empty folder")
-            (self.folder / "entries").mkdir(parents=True, exist_ok=True)
-            self.classes, self.created = {0: "background"}, now()
-            self._write_manifest()
-        else:
+            self._read_manifest()
+        elif not create:
             raise MedsegError(f"{self.folder} is not a napari-medseg project folder (no project.json)")
+        elif self.folder.exists() and any(p.name not in (".DS_Store", LOCK_NAME) for p in self.folder.iterdir()):
+            raise MedsegError(f"{self.folder} is not empty and is not a napari-medseg project; choose an empty folder")
+        else:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with self._locked():
+                if manifest.is_file():  # another process created it meanwhile
+                    self._read_manifest()
+                else:
+                    (self.folder / "entries").mkdir(exist_ok=True)
+                    self.classes, self.created = {0: "background"}, now()
+                    self._write_manifest({})
+        try:
+            with self._locked():  # no writer is running: any temporary file is a killed writer's
+                self._remove_stale_temps()
+        except OSError:
+            pass  # a read-only project: nothing to clean, reading still works
 
-    def _write_manifest(self) -> None:
+    def _read_manifest(self) -> dict[int, str]:
+        manifest = self.folder / "project.json"
+        try:
+            content = json.loads(manifest.read_text(encoding="utf-8"))
+            if not isinstance(content, dict):
+                raise ValueError
+            classes = {int(k): str(v) for k, v in _mapping(content.get("classes", {}), "classes").items()}
+        except (ValueError, MedsegError):
+            raise MedsegError(f"{manifest} is damaged (not a valid project record)") from None
+        except OSError as exc:
+            raise MedsegError(f"{manifest} cannot be read ({exc.strerror or exc})") from None
+        if content.get("format") != STORE_FORMAT:
+            raise MedsegError(f"{self.folder} is not a napari-medseg project folder")
+        self.classes, self.created = classes, content.get("created", "")
+        return classes
+
+    def _write_manifest(self, named: dict[int, str]) -> None:
+        """Merge ``named`` into the classes on disk (other processes' included) and write them; under the lock."""
+        if (self.folder / "project.json").is_file():
+            self._read_manifest()
+        self.classes.update(named)
         atomic_write_json(self.folder / "project.json", {
             "format": STORE_FORMAT, "version": STORE_VERSION, "created": self.created,
             "classes": {str(k): v for k, v in sorted(self.classes.items())},
         })
 
+    @contextmanager
+    def _locked(self):
+        """The project's writer lock (fcntl, shared by all processes); re-entrant within this object."""
+        if self._lock_depth == 0:
+            fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._lock_fd = fd
+        self._lock_depth += 1
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0:
+                fd, self._lock_fd = self._lock_fd, None
+                os.close(fd)  # closing releases the lock
+
+    def _remove_stale_temps(self) -> None:
+        removed = atomic.remove_stale_temps(self.folder, recursive=True)
+        entries = self.folder / "entries"
+        for path in entries.glob(f"*/{WRITER_TEMPS}") if entries.is_dir() else []:
+            if path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        if removed:
+            log.info("Annotation store %s: removed %d temporary file(s) of an interrupted save", self.folder, len(removed))
+
     # ---- reading -----------------------------------------------------------------------------
+    def _entry_folder(self, name: str) -> Path:
+        entries = self.folder / "entries"
+        folder = entries / name
+        if not name or Path(name).name != name or name in (".", "..") or folder.resolve().parent != entries.resolve():
+            raise MedsegError(f"entry folder {name!r} is not inside {entries}")
+        return folder
+
     def _read_entry(self, folder: Path) -> Entry:
         """An entry whose record and labels file agree; MedsegError with the reason otherwise."""
+        folder = self._entry_folder(folder.name)
         record = folder / "entry.json"
         try:
-            entry = Entry.from_json(json.loads(record.read_text(encoding="utf-8")), folder)
-            shape = [int(s) for s in entry.image["geometry"]["shape"]]
-            entry.image["sha256"]
+            text = record.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise MedsegError("entry.json is missing") from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise MedsegError(f"entry.json is damaged ({type(exc).__name__}: {exc})") from None
-        if not entry.labels_path.is_file():
+        except UnicodeDecodeError:
+            raise _damaged("not UTF-8 text") from None
+        except OSError as exc:
+            raise MedsegError(f"entry.json cannot be read ({exc.strerror or exc})") from None
+        try:
+            content = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise _damaged(f"not valid JSON: {str(exc).splitlines()[0][:80]}") from None
+        entry = Entry.from_json(content, folder)
+        shape = entry.image["geometry"]["shape"]
+        labels_path = entry.labels_path  # MedsegError if it leads outside the folder
+        entry.copy_path
+        if not labels_path.is_file():
             raise MedsegError(f"its labels file {entry.labels_file} is missing")
-        if file_hash(entry.labels_path) != entry.labels_sha256:
+        try:
+            digest = file_hash(labels_path)
+        except OSError as exc:
+            raise MedsegError(f"its labels file {entry.labels_file} cannot be read ({exc.strerror or exc})") from None
+        if digest != entry.labels_sha256:
             raise MedsegError(f"its labels file {entry.labels_file} does not match the recorded sha256 (damaged?)")
         if len(shape) not in (2, 3):
             raise MedsegError(f"its image shape {shape} is not 2-D or 3-D")
         return entry
 
+    def _folders(self, pattern: str = "*") -> list[Path]:
+        entries = self.folder / "entries"
+        return sorted(p for p in entries.glob(pattern) if p.is_dir()) if entries.is_dir() else []
+
     def entries(self) -> list[Entry]:
-        """Every intact entry; damaged ones are listed in ``problems`` (and warned about), not returned."""
+        """Every intact entry; damaged ones are listed in ``problems`` (and logged), not returned."""
         self.problems = []
         found = []
-        for folder in sorted((self.folder / "entries").iterdir()) if (self.folder / "entries").is_dir() else []:
-            if not folder.is_dir():
-                continue
+        for folder in self._folders():
             try:
                 found.append(self._read_entry(folder))
             except MedsegError as exc:
@@ -232,16 +366,29 @@ class AnnotationStore:
 
     def _report(self, problem: str) -> None:
         self.problems.append(problem)
-        warnings.warn(f"Annotation store {self.folder}: skipping entry {problem}", stacklevel=3)
+        message = f"Annotation store {self.folder}: skipping entry {problem}"
+        log.warning(message)
+        warnings.warn(message, stacklevel=3)  # the GUI shows warnings
 
-    def find(self, image: Image) -> Entry | None:
-        """The entry of this image (same voxel data), if any."""
-        digest = image_hash(image)
-        return next((e for e in self.entries() if e.image.get("sha256") == digest), None)
+    def _candidates(self, digest: str) -> list[Path]:
+        """The folders that can hold this image's entry: their names end with its hash (see ``_new_folder``)."""
+        return self._folders(f"*-{digest[:12]}")
+
+    def find(self, image: Image, digest: str | None = None) -> Entry | None:
+        """The entry of this image (same voxel data), if any; reads only the folders named after its hash."""
+        digest = digest or image_hash(image)
+        for folder in self._candidates(digest):
+            try:
+                entry = self._read_entry(folder)
+            except MedsegError as exc:
+                self._report(f"{folder.name}: {exc}")
+                continue
+            if entry.image["sha256"] == digest:
+                return entry
+        return None
 
     def entry(self, entry_id: str) -> Entry:
-        return self._read_entry(self.folder / "entries" / entry_id)
-
+        return self._read_entry(self._entry_folder(entry_id))
     def read_labels(self, entry: Entry) -> np.ndarray:
         from napari_medseg.io import read_image
 
@@ -258,8 +405,8 @@ class AnnotationStore:
         from napari_medseg.io import read_image
 
         candidates = []
-        if entry.image.get("copy"):
-            candidates.append(entry.folder / entry.image["copy"])
+        if entry.copy_path is not None:
+            candidates.append(entry.copy_path)
         if entry.image.get("path"):
             candidates.append(Path(entry.image["path"]))
         reasons = []
@@ -310,14 +457,28 @@ class AnnotationStore:
         if labels.shape != image.spatial_shape:
             raise MedsegError(f"Labels of shape {labels.shape} do not match the image's {image.spatial_shape}")
         digest = image_hash(image)
-        entry = self.find(image)
+        with self._locked():  # read, merge and write as one step: other processes wait
+            return self._save(image, digest, labels, classes, prompts, reviewed, report)
+
+    def _save(self, image, digest, labels, classes, prompts, reviewed, report) -> Entry:
+        from napari_medseg.io import write_labels
+
+        self._read_manifest()  # other processes' classes
+        entry = self.find(image, digest)
         stamp = now()
         if entry is None:
             folder = self._new_folder(image, digest)
+            if (folder / "entry.json").exists() or (folder / "entry.json").is_symlink():
+                try:  # found but unusable: never overwrite (or delete through) its record
+                    self._read_entry(folder)
+                    reason = "it holds another image with the same hash prefix"
+                except MedsegError as exc:
+                    reason = str(exc)
+                raise MedsegError(f"Entry {folder.name} cannot be updated: {reason}; repair or remove it first")
             entry = Entry(id=folder.name, folder=folder, image=self._image_reference(image, digest, folder),
                           labels_file="", labels_sha256="", classes={}, created=stamp, revision=0)
         old_labels = entry.labels_path if entry.labels_file else None
-        entry.revision += 1
+        entry.revision = max(entry.revision, self._highest_revision(entry.folder)) + 1
         entry.modified = stamp
         entry.labels_file = f"labels-{entry.revision}{LABELS_SUFFIX}"
         names = {0: "background", **entry.classes, **{int(k): str(v) for k, v in (classes or {}).items()}}
@@ -328,20 +489,32 @@ class AnnotationStore:
         entry.reviewed = self._merge_reviewed(entry.reviewed, reviewed, labels)
         if report is not None:
             entry.report = report
-        write_labels(labels, image.with_array(labels), entry.labels_path, label_names=entry.classes)
-        entry.labels_sha256 = file_hash(entry.labels_path)
+        labels_path = entry.labels_path
+        write_labels(labels, image.with_array(labels), labels_path, label_names=entry.classes)
+        for path in (labels_path, sidecar_path(labels_path)):  # durable before entry.json names them
+            if path.is_file():
+                atomic.fsync_file(path)
+        atomic.fsync_dir(entry.folder)
+        entry.labels_sha256 = file_hash(labels_path)
         atomic_write_json(entry.folder / "entry.json", entry.to_json())
-        if old_labels is not None and old_labels != entry.labels_path:
+        if old_labels is not None and old_labels != labels_path:
             old_labels.unlink(missing_ok=True)
             sidecar_path(old_labels).unlink(missing_ok=True)
-        if any(self.classes.get(k) != v for k, v in entry.classes.items() if not v.startswith("label ")):
-            self.classes.update({k: v for k, v in entry.classes.items() if not v.startswith("label ")})
-            self._write_manifest()
+        named = {k: v for k, v in entry.classes.items() if not v.startswith("label ")}
+        if any(self.classes.get(k) != v for k, v in named.items()):
+            self._write_manifest(named)
         return entry
+
+    @staticmethod
+    def _highest_revision(folder: Path) -> int:
+        """The highest labels-<n> file in the folder: a save killed before entry.json named it still counts."""
+        found = [re.fullmatch(rf"labels-(\d+){re.escape(LABELS_SUFFIX)}", p.name) for p in folder.iterdir()]
+        return max((int(m.group(1)) for m in found if m), default=0)
 
     def _new_folder(self, image: Image, digest: str) -> Path:
         folder = self.folder / "entries" / f"{_slug(_image_name(image))}-{digest[:12]}"
         folder.mkdir(parents=True, exist_ok=True)
+        atomic.fsync_dir(folder.parent)
         return folder
 
     @staticmethod
@@ -366,15 +539,17 @@ class AnnotationStore:
         return {"all": bool(before.get("all") or new.get("all")), "slices": slices}
 
     def set_report(self, image: Image, text: str) -> Entry:
-        entry = self.find(image)
-        if entry is None:
-            raise MedsegError("Save labels for this image before attaching a report")
-        entry.report, entry.modified = text, now()
-        atomic_write_json(entry.folder / "entry.json", entry.to_json())
+        with self._locked():
+            entry = self.find(image)
+            if entry is None:
+                raise MedsegError("Save labels for this image before attaching a report")
+            entry.report, entry.modified = text, now()
+            atomic_write_json(entry.folder / "entry.json", entry.to_json())
         return entry
 
     def remove(self, entry: Entry) -> None:
-        shutil.rmtree(entry.folder)
+        with self._locked():
+            shutil.rmtree(self._entry_folder(entry.folder.name))
 
     # ---- summaries ---------------------------------------------------------------------------
     def summary(self) -> dict:

@@ -1,5 +1,9 @@
 """Runs core functions off the GUI thread with a progress bar and a cancel button; warnings the core
-logs meanwhile (a float32 fallback, a smaller batch after running out of GPU memory) become notifications."""
+logs meanwhile (a float32 fallback, a smaller batch after running out of GPU memory) become notifications.
+
+Every worker of ours comes from ``create_worker`` here: errors never re-raise on the GUI thread (superqt's
+default, which shows each failure twice and aborts a process without napari's error hook), and each worker
+is tracked until it has finished so that ``wait_for_workers`` can be called before a viewer closes."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +13,43 @@ from typing import Callable
 
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QWidget
+
+log = logging.getLogger(__name__)
+_live: set = set()  # workers started and not yet finished (their finished signal not yet delivered)
+
+
+def create_worker(fn: Callable, *args, **kwargs):
+    """A superqt worker (not started) whose errors are logged once, never re-raised; tracked until finished.
+
+    Python warnings raised in the thread are logged too (napari's worker would show them as notifications).
+    """
+    from superqt.utils import create_worker as superqt_worker
+
+    worker = superqt_worker(fn, *args, _start_thread=False, _ignore_errors=True, **kwargs)
+    _live.add(worker)
+    worker.errored.connect(lambda exc: _log_unexpected(exc))
+    worker.warned.connect(lambda w: log.warning("%s", w[0]))
+    worker.finished.connect(lambda: _live.discard(worker))
+    return worker
+
+
+def _log_unexpected(exc: BaseException) -> None:
+    from ..errors import MedsegError
+
+    if not isinstance(exc, MedsegError):  # expected failures carry their message; no traceback needed
+        log.error("Background task failed", exc_info=(type(exc), exc, exc.__traceback__))
+
+
+def wait_for_workers(timeout_ms: int = 60000) -> bool:
+    """Process events until every worker has finished and its signals are delivered; True if none is left."""
+    from qtpy.QtCore import QCoreApplication, QElapsedTimer
+
+    timer = QElapsedTimer()
+    timer.start()
+    while _live and timer.elapsed() < timeout_ms:
+        QCoreApplication.processEvents()
+        threading.Event().wait(0.01)
+    return not _live
 
 
 class _Bridge(QObject):
@@ -24,7 +65,8 @@ class _WarningsTo(logging.Handler):
         self.emit_text = emit_text
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.emit_text(record.getMessage())
+        if record.name != log.name:  # the runner's own error log is not a warning to show
+            self.emit_text(record.getMessage())
 
 
 class TaskRunner(QWidget):
@@ -73,8 +115,6 @@ class TaskRunner(QWidget):
 
     def run(self, fn: Callable, on_done: Callable, message: str = "Working", on_finally: Callable | None = None) -> bool:
         """Start ``fn``; ``on_done(result)`` runs on the GUI thread. Returns False if already busy."""
-        from napari.qt.threading import create_worker
-
         from ..errors import Cancelled, MedsegError
 
         if self.busy:
@@ -97,10 +137,9 @@ class TaskRunner(QWidget):
                 self._notify("info", str(exc))
             elif isinstance(exc, MedsegError):
                 self._notify("error", str(exc))
-            else:
+            else:  # create_worker has logged the traceback
                 detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
                 self._notify("error", f"Unexpected error: {detail}")
-                traceback.print_exception(type(exc), exc, exc.__traceback__)
 
         def finished():
             self._worker = None

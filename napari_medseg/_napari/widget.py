@@ -21,10 +21,38 @@ NEW_LABELS = "New labels layer"
 
 @dataclass
 class Edit:
-    """What one segmentation changed, so that "Undo last" can put it back."""
+    """The voxels one model result changed (one step in the layer's own undo history)."""
     layer: object
-    region: tuple
+    indices: tuple  # numpy multi-index of the changed voxels
     before: np.ndarray
+    after: np.ndarray
+    plane: tuple | None = None  # (axis, index) of a one-slice mask in a volume
+    value: int = 0
+
+
+def write_model_edit(layer, indices, values, plane=None, value=0) -> Edit | None:
+    """Write ``values`` at ``indices`` through napari's history-recording API (Ctrl+Z undoes it)."""
+    values = np.broadcast_to(np.asarray(values, dtype=layer.data.dtype), indices[0].shape)
+    changed = np.asarray(layer.data[indices]) != values
+    indices, values = tuple(i[changed] for i in indices), values[changed]
+    if not values.size:
+        return None
+    before = np.array(layer.data[indices], copy=True)
+    layer.data_setitem(indices, values)
+    return Edit(layer, indices, before, values, plane, value)
+
+
+def revert_model_edit(edit: Edit) -> int:
+    """Put back the voxels that still hold the model's value; later manual edits stay. Returns the count."""
+    keep = np.asarray(edit.layer.data[edit.indices]) == edit.after
+    if keep.any():
+        edit.layer.data_setitem(tuple(i[keep] for i in edit.indices), edit.before[keep])
+    return int(keep.sum())
+
+
+def writable(current: np.ndarray, value: int, overwrite: bool) -> np.ndarray:
+    """Where a new mask of ``value`` may write: background and its own object, or anywhere."""
+    return np.ones(current.shape, bool) if overwrite else (current == 0) | (current == value)
 
 
 class SegmentWidget(QWidget):
@@ -37,7 +65,7 @@ class SegmentWidget(QWidget):
         self._build()
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
-        self.viewer.bind_key("b", lambda _viewer: self.draw_box(), overwrite=True)
+        self._bind_shortcuts()
         self._refresh_layers()
         self._model_changed()
         self._find_devices()
@@ -107,6 +135,8 @@ class SegmentWidget(QWidget):
         self.value_spin.setRange(1, 65535)
         self.new_object_check = QCheckBox("New label value per object")
         self.new_object_check.setChecked(True)
+        self.overwrite_check = QCheckBox("Overwrite other objects")
+        self.overwrite_check.setToolTip("Off: a new mask fills only background and its own object's voxels")
         self.accept_button = QPushButton("Accept")
         self.undo_button = QPushButton("Undo last")
         self.clear_button = QPushButton("Clear prompts")
@@ -115,6 +145,7 @@ class SegmentWidget(QWidget):
         out_form.addRow("Target", self.labels_combo)
         out_form.addRow("Label value", self.value_spin)
         out_form.addRow("", self.new_object_check)
+        out_form.addRow("", self.overwrite_check)
         buttons = QHBoxLayout()
         for button in (self.accept_button, self.undo_button, self.clear_button):
             buttons.addWidget(button)
@@ -143,9 +174,20 @@ class SegmentWidget(QWidget):
         self.finetune_button.clicked.connect(self.open_finetune)
         self.tokenizer_button.clicked.connect(self.choose_tokenizer)
 
+    def _shortcuts(self) -> dict:
+        """Keys as in micro-sam's annotators, each with its button."""
+        return {"B": (self.draw_box, self.box_button), "S": (self.segment_prompts, self.segment_button),
+                "C": (self.accept, self.accept_button), "Shift-C": (self.clear_prompts, self.clear_button)}
+
+    def _bind_shortcuts(self) -> None:
+        for key, (action, button) in self._shortcuts().items():
+            self.viewer.bind_key(key, lambda _viewer, action=action: action(), overwrite=True)
+            tip = button.toolTip()
+            button.setToolTip(f"{tip} ({key})" if tip else f"Shortcut: {key}")
+
     def _find_devices(self) -> None:
         """List CUDA/MPS devices without blocking the viewer (importing torch takes seconds)."""
-        from napari.qt.threading import create_worker
+        from .runner import create_worker  # tracked, so that demo and tests can wait for it
 
         from ..device import available_devices
 
@@ -376,14 +418,15 @@ class SegmentWidget(QWidget):
         if not mask.any():
             return self._notify("info", "The model found no object in this box; try a tighter box or another model.")
         labels = self.labels_layer(image_layer, image)
-        region = [slice(None)] * labels.data.ndim
-        if axis is not None:
-            region[axis] = index
-        region = tuple(region)
         value = self._next_value(labels)
-        self._edits.append(Edit(labels, region, np.array(labels.data[region], copy=True)))
-        labels.data[region][mask] = value
-        labels.refresh()
+        in_plane = np.nonzero(mask)
+        indices = in_plane if axis is None else (*in_plane[:axis], np.full_like(in_plane[0], index), *in_plane[axis:])
+        free = writable(np.asarray(labels.data[indices]), value, self.overwrite_check.isChecked())
+        edit = write_model_edit(labels, tuple(i[free] for i in indices), value,
+                                None if axis is None else (axis, index), value)
+        if edit is None:
+            return self._notify("info", "The mask lies inside other objects; tick \"Overwrite other objects\" to replace them.")
+        self._edits.append(edit)
         labels.selected_label = value
         if prompt is not None:  # kept with the labels: the annotation store and training read them
             import time
@@ -402,13 +445,11 @@ class SegmentWidget(QWidget):
         from ..inference.planes import resample_mask, take_plane
 
         edit = self._edits[-1] if self._edits else None
-        if edit is None or edit.layer.data.ndim != 3:
+        if edit is None or edit.plane is None:
             return self._notify("warning", "Segment an object on one slice of a volume first, then propagate it.")
-        axis = next(i for i, r in enumerate(edit.region) if not isinstance(r, slice))
-        index = edit.region[axis]
-        labels = edit.layer
-        value = int(np.max(labels.data[edit.region]))
-        start_mask = labels.data[edit.region] == value
+        (axis, index), labels, value = edit.plane, edit.layer, edit.value
+        start_mask = np.take(np.asarray(labels.data), index, axis=axis) == value
+        overwrite = self.overwrite_check.isChecked()
         image_layer = self.image_layer()
         image = self._image(image_layer)
         limits = tuple(image_layer.contrast_limits)
@@ -423,11 +464,11 @@ class SegmentWidget(QWidget):
             return np.stack([p.mask_to_plane(m) for p, m in zip(planes, masks)])
 
         def done(masks):
-            before = np.array(labels.data, copy=True)
-            self._edits.append(Edit(labels, (slice(None),) * 3, before))
             moved = np.moveaxis(masks, 0, axis)
-            labels.data[moved & (labels.data == 0)] = value
-            labels.refresh()
+            indices = np.nonzero(moved & writable(np.asarray(labels.data), value, overwrite))
+            edit = write_model_edit(labels, indices, value, value=value)
+            if edit is not None:
+                self._edits.append(edit)
             self._notify("info", f"Propagated label {value} through {int(masks.reshape(len(masks), -1).any(1).sum())} slices")
 
         self.runner.run(job, done, "Propagating")
@@ -474,9 +515,12 @@ class SegmentWidget(QWidget):
         else:
             kwargs = labels_layer_kwargs(image, name, label_names=classes)
             layer = self.viewer.add_layer(Labels(np.zeros(image.spatial_shape, dtype=np.uint16), **kwargs))
-        region = (slice(None),) * layer.data.ndim if index is None else (index,)
-        self._edits.append(Edit(layer, region, np.array(layer.data[region], copy=True)))
-        layer.data[region] = labels_array
+        current = np.asarray(layer.data) if index is None else np.asarray(layer.data[index])
+        changed = np.nonzero(current != labels_array)  # this model's own layer: its classes replace its last run
+        indices = changed if index is None else (np.full_like(changed[0], index), *changed)
+        edit = write_model_edit(layer, indices, labels_array[changed])
+        if edit is not None:
+            self._edits.append(edit)
         classes = classes or {int(v): str(v) for v in np.unique(labels_array)}
         values = sorted(classes)
         layer.features = pd.DataFrame({"index": values, "name": [classes[v] for v in values]})
@@ -497,8 +541,8 @@ class SegmentWidget(QWidget):
         if not self._edits:
             return self._notify("info", "Nothing to undo")
         edit = self._edits.pop()
-        edit.layer.data[edit.region] = edit.before
-        edit.layer.refresh()
+        if not revert_model_edit(edit):
+            self._notify("info", "The last mask was already undone or painted over")
 
     def clear_prompts(self) -> None:
         for name in (BOX_LAYER, POINT_LAYER):

@@ -50,6 +50,16 @@ def open_viewer(sample: str = "ct", show: bool = True):
     return viewer, widget
 
 
+def close_viewer(viewer, timeout_ms: int = 120000) -> None:
+    """Close after our background workers (the device listing imports torch) have finished: a worker
+    thread that outlives the viewer, or delivers a signal to its deleted widgets, aborts the process."""
+    from .._napari.runner import wait_for_workers
+
+    if not wait_for_workers(timeout_ms):
+        print("warning: background tasks still running; closing anyway", file=sys.stderr)
+    viewer.close()
+
+
 def run(args) -> int:
     xvfb = None
     screenshot = args.screenshot
@@ -72,7 +82,7 @@ def run(args) -> int:
                 time.sleep(0.05)
             viewer.screenshot(screenshot, canvas_only=False)
             print(f"saved {screenshot}")
-            viewer.close()
+            close_viewer(viewer)
             return 0
         napari.run()
         return 0

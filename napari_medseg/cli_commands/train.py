@@ -5,6 +5,8 @@ The same arguments work for ``python -m napari_medseg.training`` and under
 """
 from __future__ import annotations
 
+import os
+
 
 def add_arguments(parser) -> None:
     data = parser.add_argument_group("data")
@@ -65,6 +67,35 @@ def _architecture(items: list[str]) -> dict:
     return architecture
 
 
+def check_args(args) -> None:
+    """Refuse impossible budgets, rates and output paths in one line, before any data or model loads."""
+    import math
+
+    from napari_medseg.cli import check_output_folder
+    from napari_medseg.errors import MedsegError
+
+    positive_ints = ("epochs", "steps", "steps_per_epoch", "batch_size")
+    for name in positive_ints:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise MedsegError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for name in ("patience", "workers"):
+        if getattr(args, name) < 0:
+            raise MedsegError(f"--{name} must be 0 or more, got {getattr(args, name)}")
+    checks = {  # name -> (value ok?, what it must be)
+        "lr": (lambda v: math.isfinite(v) and v > 0, "a positive number"),
+        "weight_decay": (lambda v: math.isfinite(v) and v >= 0, "0 or a positive number"),
+        "time": (lambda v: math.isfinite(v) and v > 0, "a positive number of minutes"),
+        "warmup": (lambda v: 0 <= v < 1, "a share from 0 up to (not including) 1"),
+        "val_fraction": (lambda v: 0 < v < 1, "a share between 0 and 1 (exclusive)"),
+    }
+    for name, (ok, what) in checks.items():
+        value = getattr(args, name)
+        if value is not None and not ok(value):
+            raise MedsegError(f"--{name.replace('_', '-')} must be {what}, got {value}")
+    check_output_folder(args.out, "--out", create=True)  # the run creates --out and its checkpoints
+
+
 def config_from_args(args):
     from napari_medseg.training.families import TrainOptions
     from napari_medseg.training.trainer import TrainConfig
@@ -79,16 +110,17 @@ def config_from_args(args):
 
 
 def run(args, cancel=None) -> int:
-    import os
-
     from napari_medseg.errors import MedsegError
+
+    if args.from_store and (args.images or args.labels):
+        raise MedsegError("Use either --from-store or --images/--labels, not both")
+    check_args(args)
+
     from napari_medseg.training import distributed
     from napari_medseg.training.pipeline import fine_tune
 
     from .progressbar import TerminalProgress
 
-    if args.from_store and (args.images or args.labels):
-        raise MedsegError("Use either --from-store or --images/--labels, not both")
     config, options = config_from_args(args)
     main = not distributed.launched_by_torchrun() or os.environ.get("RANK", "0") == "0"
     summary = fine_tune(

@@ -1,15 +1,14 @@
 """NIfTI checks SimpleITK skips: truncated data and orientation that differs from nibabel's."""
 from __future__ import annotations
 
-import gzip
 import os
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ImageReadError
 from .image import Image
+from .streams import stream_size
 
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 
@@ -33,26 +32,13 @@ def checked_nifti(path: Path):
     if header["magic"] == b"n+1":  # single file: the data follow the 352-byte header (ITK writes vox_offset 0)
         offset = max(offset, 352)
     expected = offset + voxels * header.get_data_dtype().itemsize
-    found = _gzip_size(path, expected) if path.name.lower().endswith(".gz") else os.path.getsize(path)
+    if path.name.lower().endswith(".gz"):  # the whole stream, CRC checked: ITK trusts the trailer
+        found = stream_size(path, what=f"NIfTI {path.name}")
+    else:
+        found = os.path.getsize(path)
     if found < expected:
         raise ImageReadError(f"NIfTI {path.name} is truncated: {found} of {expected} bytes present")
     return nii
-
-
-def _gzip_size(path: Path, expected: int) -> int:
-    """Uncompressed size: the gzip trailer when it matches `expected`, else by decompressing."""
-    with open(path, "rb") as handle:
-        handle.seek(-4, os.SEEK_END)
-        if int.from_bytes(handle.read(4), "little") == expected % 2**32:
-            return expected
-    size = 0
-    try:
-        with gzip.open(path, "rb") as stream:
-            while chunk := stream.read(1 << 22):
-                size += len(chunk)
-    except (EOFError, OSError, zlib.error):
-        pass  # truncated or corrupt stream: `size` counts what could be decompressed
-    return size
 
 
 def match_nibabel(image: Image, nii) -> Image:

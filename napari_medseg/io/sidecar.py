@@ -7,10 +7,10 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
+
+from napari_medseg.atomic import atomic_write_text  # unique temp, fsync, umask permissions
 
 from .formats import sidecar_path
 
@@ -41,17 +41,6 @@ def write_sidecar(path: Path, label_names: dict[int, str] | None, geometry: dict
     if geometry is not None:
         content["geometry"] = geometry
     atomic_write_text(target, json.dumps(content, indent=1))
-
-
-def atomic_write_text(target: Path, text: str) -> None:
-    handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def names_from_header(fields: dict[str, str]) -> dict[int, str]:

@@ -114,3 +114,15 @@ def test_metaimage_modality_and_hu(tmp_path):
     assert (image.modality, image.intensity) == ("CT", "HU")
     assert image.array.min() == -4 and image.spacing == (0.5, 0.5, 2.0) and image.origin == (1, 2, 3)
     assert sitk.ReadImage(str(tmp_path / "ct.mha")).GetSize() == (2, 2, 2)
+
+
+def test_corrupted_gzip_body_is_refused(make_nifti, tmp_path):
+    rng = np.random.default_rng(0)
+    source = make_nifti("full.nii.gz", data=rng.integers(0, 3000, (60, 50, 40)).astype(np.int16))
+    data = bytearray(source.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(255 - b for b in data[middle:middle + 64])  # length and trailer intact
+    (tmp_path / "bad.nii.gz").write_bytes(bytes(data))
+    with pytest.raises(ImageReadError, match="bad.nii.gz is corrupt") as info:
+        read_image(tmp_path / "bad.nii.gz")
+    assert "\n" not in str(info.value)

@@ -142,3 +142,34 @@ def test_arch_values_keep_their_types():
 
     assert _architecture(["use_v2=false", "num_experts=32", "spacing=1.5,1.5,2", "name=x"]) == {
         "use_v2": False, "num_experts": 32, "spacing": [1.5, 1.5, 2], "name": "x"}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--epochs", "-1"], "--epochs must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--val-fraction", "1.5"], "--val-fraction must be"),
+    (["--lr", "nan"], "--lr must be a positive number"),
+    (["--lr", "inf"], "--lr must be a positive number"),
+])
+def test_bad_training_arguments_are_one_line_before_anything_loads(flags, message, tmp_path, capsys, monkeypatch):
+    import napari_medseg.training.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "fine_tune", lambda *a, **k: pytest.fail("fine_tune ran"))
+    argv = ["train", "--images", str(tmp_path), "--labels", str(tmp_path), "--model", "lite-medsam",
+            "--out", str(tmp_path / "run"), *flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_train_out_that_is_a_file_is_refused(tmp_path, capsys, monkeypatch):
+    import napari_medseg.training.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "fine_tune", lambda *a, **k: pytest.fail("fine_tune ran"))
+    out = tmp_path / "run.txt"
+    out.write_text("x")
+    assert main(["train", "--images", str(tmp_path), "--labels", str(tmp_path), "--model", "lite-medsam",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a file" in err, err

@@ -1,5 +1,6 @@
 """The annotation store: saving, finding, reopening, damaged entries, nnU-Net export/import."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,3 +114,201 @@ def test_nnunet_export_marks_unreviewed_slices_ignore_and_imports_back(tmp_path,
     assert len(imported.entries()) == 2
     entry = next(e for e in imported.entries() if e.ndim == 3)
     assert entry.reviewed["slices"] == [0, 1, 2, 3, 4] and entry.report == "two organs"
+
+
+# ---- issue 18 -------------------------------------------------------------------------------------
+
+def _record(entry):
+    return json.loads((entry.folder / "entry.json").read_text())
+
+
+@pytest.mark.parametrize("absolute", [True, False])
+def test_paths_in_entry_json_never_lead_outside_the_entry(tmp_path, make_volume, absolute):
+    image, labels = _on_disk(make_volume, tmp_path)
+    store = AnnotationStore(tmp_path / "project")
+    entry = store.save(image, labels)
+    victim = tmp_path / "victim.nii.gz"
+    victim.write_bytes(entry.labels_path.read_bytes())  # same hash as the recorded one
+    (tmp_path / "victim.json").write_text("{}")
+    record = _record(entry)
+    record["labels_file"] = str(victim) if absolute else "../../../victim.nii.gz"
+    (entry.folder / "entry.json").write_text(json.dumps(record))
+
+    with pytest.warns(UserWarning, match="outside its folder|not a file of its folder"):
+        assert store.entries() == []
+    with pytest.warns(UserWarning), pytest.raises(MedsegError, match="cannot be updated"):
+        store.save(image, labels)
+    assert victim.is_file() and (tmp_path / "victim.json").is_file()
+    assert _record(entry)["labels_file"] == record["labels_file"]  # the damaged record is left for the user
+
+
+def test_image_copy_outside_the_entry_is_refused(tmp_path, make_volume):
+    image, labels = make_volume()
+    store = AnnotationStore(tmp_path / "project")
+    entry = store.save(image, labels)
+    outside = write_image_copy(image, tmp_path / "outside.mha")
+    for name in (str(outside), "../../../outside.mha"):
+        record = _record(entry)
+        record["image"]["copy"] = name
+        (entry.folder / "entry.json").write_text(json.dumps(record))
+        with pytest.warns(UserWarning, match="outside its folder|not a file of its folder"):
+            assert store.entries() == []
+        entry.image["copy"] = name
+        with pytest.raises(MedsegError, match="folder"):
+            store.read_image(entry)
+
+
+def _malform(folder, kind):
+    record = folder / "entry.json"
+    content = json.loads(record.read_text())
+    if kind == "directory":
+        record.unlink()
+        record.mkdir()
+    elif kind == "unreadable":
+        record.chmod(0)
+    elif kind == "invalid json":
+        record.write_bytes(b"\xff{not json")
+    else:
+        key, value = kind
+        content[key] = value
+        record.write_text(json.dumps(content).replace('"__inf__"', "1e999"))
+
+
+MALFORMED = ["directory", "unreadable", "invalid json", ("classes", []), ("revision", "__inf__"),
+             ("prompts", {"a": 1}), ("image", None), ("reviewed", {"slices": ["x"]})]
+
+
+@pytest.mark.parametrize("kind", MALFORMED, ids=lambda k: k if isinstance(k, str) else k[0])
+def test_one_malformed_entry_is_logged_and_skipped(tmp_path, make_volume, caplog, monkeypatch, kind):
+    import os
+    import pathlib
+
+    if kind == "unreadable" and os.geteuid() == 0:  # root reads any file: refuse it the way the kernel would
+        read_text = pathlib.Path.read_text
+
+        def refusing(path, *args, **kwargs):
+            if path.name == "entry.json" and not os.stat(path).st_mode & 0o444:
+                raise PermissionError(13, "Permission denied", str(path))
+            return read_text(path, *args, **kwargs)
+
+        monkeypatch.setattr(pathlib.Path, "read_text", refusing)
+    store = AnnotationStore(tmp_path / "project")
+    good = store.save(*_on_disk(make_volume, tmp_path, 0, "a.nii.gz"))
+    bad = store.save(*_on_disk(make_volume, tmp_path, 1, "b.nii.gz"))
+    _malform(bad.folder, kind)
+    try:
+        with pytest.warns(UserWarning, match="skipping entry"), caplog.at_level("WARNING"):
+            assert [e.id for e in store.entries()] == [good.id]
+            assert [c.name for c in cases_from_store(store)] == [good.id]
+        assert any(bad.id in r.getMessage() and "entry.json" in r.getMessage() for r in caplog.records)
+        assert len(store.problems) == 1 and bad.id in store.problems[0]
+        third = store.save(*_on_disk(make_volume, tmp_path, 2, "c.nii.gz"))  # the rest of the store works
+        assert third.revision == 1
+        assert store.summary()["images"] == 2
+    finally:
+        (bad.folder / "entry.json").chmod(0o644)
+
+
+def _save_many(project, image_path, labels_path, who, times, start):
+    """One writer process: save the same image ``times`` times with its own class name and prompts."""
+    image, labels = read_image(image_path), np.load(labels_path)
+    store = AnnotationStore(project, create=False)
+    start.wait(60)  # both processes save at the same moment
+    for i in range(times):
+        store.save(image, labels, classes={who + 1: f"organ of {who}"}, prompts=[{"kind": "point", "who": who, "i": i}])
+
+
+def test_two_processes_saving_at_once_lose_nothing(tmp_path, make_volume):
+    import multiprocessing
+
+    image, labels = _on_disk(make_volume, tmp_path)
+    np.save(tmp_path / "labels.npy", labels)
+    assert {1, 2} <= set(np.unique(labels).tolist())
+    project = tmp_path / "project"
+    AnnotationStore(project)
+    times = 25
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(2)
+    workers = [context.Process(target=_save_many, args=(project, image.path, tmp_path / "labels.npy", who, times, start))
+               for who in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert [w.exitcode for w in workers] == [0, 0]
+
+    store = AnnotationStore(project, create=False)
+    (entry,) = store.entries()
+    assert entry.revision == 2 * times
+    assert sorted((p["who"], p["i"]) for p in entry.prompts) == sorted((w, i) for w in range(2) for i in range(times))
+    assert store.classes[1] == "organ of 0" and store.classes[2] == "organ of 1"
+    assert sorted(p.name for p in entry.folder.iterdir()) == [
+        "entry.json", f"labels-{2 * times}.json", f"labels-{2 * times}.nii.gz"]
+
+
+def test_opening_removes_a_killed_writers_temporary_files(tmp_path, make_volume):
+    image, labels = make_volume()
+    store = AnnotationStore(tmp_path / "project")
+    entry = store.save(image, labels)
+    stale = [store.folder / ".medseg-tmp-0123456789ab-project.json", entry.folder / ".medseg-tmp-0123456789ab-image.mha",
+             entry.folder / ".medseg-tmp-0123456789ab-entry.json", entry.folder / ".0a1b2c3d.tmp-labels-2.nii.gz"]
+    for path in stale:
+        path.write_bytes(b"half written")
+    reopened = AnnotationStore(tmp_path / "project", create=False)
+    assert not any(path.exists() for path in stale)
+    assert sorted(p.name for p in entry.folder.iterdir()) == ["entry.json", "image.mha", "labels-1.json", "labels-1.nii.gz"]
+    np.testing.assert_array_equal(reopened.restore(image), labels)
+
+
+def test_written_files_get_the_umask_permissions(tmp_path, make_volume):
+    import os
+
+    image, labels = make_volume()
+    old = os.umask(0o022)
+    try:
+        entry = AnnotationStore(tmp_path / "project").save(image, labels)
+    finally:
+        os.umask(old)
+    for path in [tmp_path / "project" / "project.json", *entry.folder.iterdir()]:
+        assert path.stat().st_mode & 0o777 == 0o644, path.name
+
+
+def test_labels_and_folders_are_durable_before_entry_json_names_them(tmp_path, make_volume, monkeypatch):
+    import os
+
+    from napari_medseg import atomic
+
+    events = []
+    fsync_file, fsync_dir, replace = atomic.fsync_file, atomic.fsync_dir, os.replace
+    monkeypatch.setattr(atomic, "fsync_file", lambda p: (events.append(("file", Path(p).name)), fsync_file(p)))
+    monkeypatch.setattr(atomic, "fsync_dir", lambda p: (events.append(("dir", Path(p).name)), fsync_dir(p)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", Path(b).name)), replace(a, b)))
+    image, labels = make_volume()
+    store = AnnotationStore(tmp_path / "project")
+    entry = store.save(image, labels)
+    named = events.index(("replace", "entry.json"))
+    before = events[:named]
+    assert ("file", "labels-1.nii.gz") in before and ("file", "labels-1.json") in before
+    assert ("dir", entry.id) in before and ("dir", "entries") in before  # the labels' and the entry's folders
+    assert before.index(("replace", "image.mha")) < before.index(("dir", entry.id), before.index(("file", "labels-1.nii.gz")))
+
+
+def test_save_costs_the_same_in_a_small_and_a_large_store(tmp_path, make_volume, monkeypatch):
+    from napari_medseg.training import store as store_module
+
+    def hashes_of_saves(project, others):
+        store = AnnotationStore(tmp_path / project)
+        for seed in range(others):
+            store.save(*make_volume(seed=10 + seed))
+        image, labels = make_volume(seed=0)
+        calls = []
+        for name in ("file_hash", "image_hash"):
+            original = getattr(store_module, name)
+            monkeypatch.setattr(store_module, name, lambda x, _f=original, _n=name: (calls.append(_n), _f(x))[1])
+        store.save(image, labels)  # a new entry
+        store.save(image, labels)  # an update
+        monkeypatch.undo()
+        return sorted(calls)
+
+    small, large = hashes_of_saves("small", 1), hashes_of_saves("large", 6)
+    assert small == large and 0 < len(small) <= 6
