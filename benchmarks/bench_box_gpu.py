@@ -1,5 +1,8 @@
 """SAM ViT-B box prompts on a GPU: official SamPredictor (fp32) vs napari-medseg's BoxPredictor.
 
+PyTorch's default backend flags for every timed run, as SamPredictor's users run it; the reference embedding
+and masks for the agreement columns are the official predictor in strict float32 (TF32 off for them only).
+
     python benchmarks/bench_box_gpu.py [--checkpoint sam_vit_b_01ec64.pth] [--repeats 20]
 
 Without a checkpoint the official ViT-B is built with random weights (rel-pos tables and position
@@ -16,6 +19,7 @@ import time
 import numpy as np
 import torch
 from segment_anything import SamPredictor, sam_model_registry
+from gpu_timing import strict_fp32
 from skimage import data
 
 from napari_medseg.inference.box2d import BoxPredictor
@@ -67,8 +71,6 @@ def main():
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     assert torch.cuda.is_available(), "needs a CUDA GPU"
-    torch.backends.cuda.matmul.allow_tf32 = False  # the official fp32 baseline as shipped
-    torch.backends.cudnn.allow_tf32 = False
     slices = images(args.repeats + 2)
     box = np.array(BOXES[0])
     sam = official_sam(args.checkpoint).cuda().eval()
@@ -87,8 +89,10 @@ def main():
     prepared = sam.preprocess(resized.permute(2, 0, 1)[None].float())
     with torch.inference_mode():
         encoder_ms = timed(lambda i: sam.image_encoder(prepared), args.repeats)
-    reference_features = official.features.float().clone()
-    reference_masks = [official.predict(box=np.array(b), multimask_output=False)[0][0] for b in BOXES]
+    with strict_fp32():
+        official.set_image(slices[0])
+        reference_features = official.features.float().clone()
+        reference_masks = [official.predict(box=np.array(b), multimask_output=False)[0][0] for b in BOXES]
     rows = [("official SamPredictor fp32", official_ms, encoder_ms, timed(official_box, args.repeats), 1.0, 0.0)]
 
     state = {k: v.cpu() for k, v in sam.state_dict().items()}
@@ -117,7 +121,7 @@ def main():
         del ours, loaded
         torch.cuda.empty_cache()
 
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, image 1024x1024 RGB, SAM ViT-B "
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, PyTorch default flags, image 1024x1024 RGB, SAM ViT-B "
           f"({'checkpoint' if args.checkpoint else 'random weights'}), median of {args.repeats}")
     print(f"{'variant':32s} {'set_image ms':>13s} {'encoder ms':>11s} {'box ms':>8s} "
           f"{'min IoU vs fp32':>16s} {'embed rel err':>14s}")

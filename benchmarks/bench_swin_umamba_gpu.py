@@ -1,9 +1,14 @@
-"""Swin-UMamba / Swin-UMamba† forward on a CUDA GPU: official-equivalent fp32 against optimised variants.
+"""Swin-UMamba / Swin-UMamba† forward on a CUDA GPU: the official network as its users run it against ours.
 
     python benchmarks/bench_swin_umamba_gpu.py [--family swin_umamba_d] [--checkpoint checkpoint_final.pth]
+                                               [--official-repo /path/to/Swin-UMamba]
 
-For batch 1 at 256^2 and batch 8 at 512^2 it times
-  * fp32 eager                 (what the official code computes; the scan always runs in fp32)
+PyTorch's default backend flags throughout (as the official code runs). With --official-repo (a clone of
+JiarunLiu/Swin-UMamba) the authors' SwinUMamba network gets the same weights and is timed in fp32, under
+nnU-Net's predictor's autocast (float16) and under that autocast with a CUDA graph; arg-max agreement is
+against the official network in strict float32 (TF32 off for that reference only).
+For batch 1 at 256^2 and batch 8 at 512^2 it times ours in
+  * fp32 eager                 (the official computation; the scan always runs in fp32)
   * bf16 and fp16 (nnU-Net's choice) autocast eager
   * bf16 and fp16 autocast + CUDA graph (the whole forward captured once, replayed)
   * bf16 autocast + torch.compile (--compile-mode, default "default"; the PyTorch scan stays eager)
@@ -22,7 +27,7 @@ import contextlib
 import os
 
 import torch
-from gpu_timing import cuda_ms, graphed
+from gpu_timing import cuda_ms, graphed, strict_fp32
 
 from napari_medseg.models import scan
 
@@ -123,11 +128,12 @@ def main():
                         help="train a new network on MNI152 white matter first; its inputs are then mosaics of "
                              "MNI slices (else random weights on random inputs)")
     parser.add_argument("--mni", help="npz with t1, wm and origin arrays (where nilearn is absent)")
+    parser.add_argument("--official-repo", help="a clone of JiarunLiu/Swin-UMamba: time the authors' network too")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU")
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 for the reference numbers
-    torch.backends.cudnn.allow_tf32 = False
+    if args.official_repo and args.family != "swin_umamba":
+        raise SystemExit("--official-repo compares the authors' SwinUMamba only (use --family swin_umamba)")
     image = None
     if args.train_steps:
         loaded, image = trained_on_mni(args.family, args.mni, args.train_steps)
@@ -135,8 +141,24 @@ def main():
     else:
         network, channels = build(args.family, args.checkpoint)
     network = network.cuda().eval()
+    official = None
+    if args.official_repo:
+        import official as authors
+
+        heads = network.out_layers[0].conv.conv.out_channels
+        official = authors.swin_umamba(args.official_repo, network.state_dict(), channels, heads).cuda().eval()
     backend = scan.backend_for(torch.device("cuda"))
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.family}, scan backend {backend}")
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.family}, scan backend {backend}, "
+          f"PyTorch default flags (cuDNN TF32 {torch.backends.cudnn.allow_tf32}, matmul TF32 "
+          f"{torch.backends.cuda.matmul.allow_tf32})")
+
+    def official_fp32(x):
+        with torch.inference_mode():
+            return official(x).float()
+
+    def official_fp16(x):  # nnUNetPredictor: torch.autocast(device.type) -> float16 on CUDA
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
+            return official(x).float()
 
     def fp32(x):
         with torch.inference_mode():
@@ -163,8 +185,17 @@ def main():
         else:
             x = mni_mosaics(loaded, image, batch, size).cuda()
         flops = flops_of(network, x)
-        reference = fp32(x).argmax(1)
-        variants = {"fp32 eager": fp32, "bf16 autocast": bf16, "fp16 autocast": fp16}
+        with strict_fp32():
+            reference = (official_fp32 if official is not None else fp32)(x).argmax(1)
+        variants = {}
+        if official is not None:
+            variants["official fp32"] = official_fp32
+            variants["official fp16 autocast"] = official_fp16
+            try:
+                variants["official fp16 + graph"] = graphed(official_fp16, x)
+            except Exception as exc:
+                print(f"  official CUDA graph capture failed: {type(exc).__name__}: {exc}")
+        variants.update({"fp32 eager": fp32, "bf16 autocast": bf16, "fp16 autocast": fp16})
         for name, fn in (("bf16", bf16), ("fp16", fp16)):
             try:
                 variants[f"{name} + CUDA graph"] = graphed(fn, x)
@@ -172,7 +203,9 @@ def main():
                 print(f"  CUDA graph capture failed: {type(exc).__name__}: {exc}")
         if compiled is not None:
             variants["bf16 + torch.compile"] = bf16_compiled
-        print(f"batch {batch} x {size}^2: {flops / 1e9:.1f} GFLOP per batch (scan excluded)")
+        print(f"batch {batch} x {size}^2: {flops / 1e9:.1f} GFLOP per batch (scan excluded); agreement against "
+              f"{'the official network' if official is not None else 'ours'} in strict fp32")
+        timings = {}
         for name, fn in variants.items():
             try:
                 same = fn(x).argmax(1) == reference
@@ -186,8 +219,13 @@ def main():
             except Exception as exc:
                 print(f"  {name:22s} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
                 continue
-            print(f"  {name:22s} {ms:9.2f} ms  {batch / ms * 1e3:8.1f} img/s  {flops / ms / 1e9:7.2f} TFLOP/s"
-                  f"  arg-max agreement {agreement_text}")
+            timings[name] = ms
+            print(f"  {name:22s} {ms:9.2f} ms  {ms / batch:7.2f} ms/slice  {batch / ms * 1e3:8.1f} img/s  "
+                  f"{flops / ms / 1e9:7.2f} TFLOP/s  arg-max agreement {agreement_text}")
+        ours_best = min((v, k) for k, v in timings.items() if not k.startswith("official"))
+        for name in ("official fp16 autocast", "official fp16 + graph", "official fp32"):
+            if name in timings:
+                print(f"  {name} / ours best ({ours_best[1]}): {timings[name] / ours_best[0]:.2f}x")
         outputs = {}
         for name in ("torch", "triton", "mamba_ssm"):
             if (name == "mamba_ssm" and scan.mamba_ssm_scan() is None) or (name == "triton" and not scan.triton_available()):

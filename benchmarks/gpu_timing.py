@@ -1,7 +1,19 @@
 """Shared by the GPU benchmarks (run as scripts from this folder)."""
+import contextlib
 import statistics
 
 import torch
+
+
+@contextlib.contextmanager
+def strict_fp32():
+    """TF32 off for a float32 reference only; the timed runs keep PyTorch's default flags."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def graphed(forward, x):
