@@ -9,6 +9,7 @@ from ...errors import PromptError
 from ...inference.intensity import CT_WINDOWS, window_limits
 from ..combos import fill_combo
 from ..layers import META_KEY, labels_layer_kwargs, placement, reference_image
+from .objects import ObjectTable
 from .widget_gui import SegmentGUI
 
 BOX_LAYER, POINT_LAYER = "medseg boxes", "medseg points"
@@ -54,6 +55,17 @@ def writable(current: np.ndarray, value: int, overwrite: bool) -> np.ndarray:
 class SegmentControls(SegmentGUI):
     """Reads the viewer's layers and writes prompts and labels into them."""
 
+    def __init__(self):
+        from qtpy.QtCore import QTimer
+
+        super().__init__()
+        self._objects_layer = None  # the labels layer whose objects the list shows
+        self._cyclic_colormaps: dict = {}  # id(layer) -> its colours before an object was recoloured
+        self._objects_timer = QTimer(self)  # one scan of the data per burst of edits
+        self._objects_timer.setSingleShot(True)
+        self._objects_timer.setInterval(100)
+        self._objects_timer.timeout.connect(self.refresh_objects)
+
     # ---- helpers ----------------------------------------------------------------------------
     def _notify(self, level: str, message: str) -> None:
         from napari.utils import notifications
@@ -71,6 +83,7 @@ class SegmentControls(SegmentGUI):
 
         fill_combo(self.image_combo, [layer.name for layer in self._image_layers()])
         fill_combo(self.labels_combo, [NEW_LABELS, *(layer.name for layer in self.viewer.layers if isinstance(layer, Labels))])
+        self._attach_objects()
 
     def image_layer(self):
         name = self.image_combo.currentText()
@@ -131,7 +144,19 @@ class SegmentControls(SegmentGUI):
         else:
             layer = self.viewer.add_points(features={"positive": np.zeros(0, bool)}, face_color="positive",
                                            face_color_cycle=["magenta", "lime"], size=6, **kwargs)
+        # Ctrl+Z while drawing prompts steps through the target labels' history, as it would on that layer
+        layer.bind_key("Control-Z", lambda _layer: self._labels_history("undo"), overwrite=True)
+        layer.bind_key("Control-Shift-Z", lambda _layer: self._labels_history("redo"), overwrite=True)
         return layer
+
+    def _target_labels(self):
+        name = self.labels_combo.currentText()
+        return self.viewer.layers[name] if name and name != NEW_LABELS and name in self.viewer.layers else None
+
+    def _labels_history(self, step: str) -> None:
+        layer = self._target_labels()
+        if layer is not None:
+            getattr(layer, step)()
 
     # ---- prompts ----------------------------------------------------------------------------
     def draw_box(self) -> None:
@@ -186,3 +211,112 @@ class SegmentControls(SegmentGUI):
                 layer = self.viewer.layers[name]
                 layer.data = []
         self._box_count = 0
+
+    # ---- objects ----------------------------------------------------------------------------
+    def _attach_objects(self, *_) -> None:
+        """Show the objects of the target labels layer and follow its edits (masks, strokes, undo, redo)."""
+        layer = self._target_labels()
+        if layer is self._objects_layer:
+            return
+        if self._objects_layer is not None:
+            for emitter in (self._objects_layer.events.paint, self._objects_layer.events.set_data):
+                emitter.disconnect(self._schedule_objects)
+        self._objects_layer = layer
+        if layer is not None:
+            layer.events.paint.connect(self._schedule_objects)
+            layer.events.set_data.connect(self._schedule_objects)
+        self.refresh_objects()
+
+    def _schedule_objects(self, *_) -> None:
+        self._objects_timer.start()
+
+    def objects(self) -> ObjectTable | None:
+        layer = self._target_labels()
+        if layer is None:
+            return None
+        return ObjectTable.from_metadata(layer.metadata.get(META_KEY, {}))
+
+    def _store_objects(self, layer, table: ObjectTable) -> None:
+        info = layer.metadata.setdefault(META_KEY, {})
+        table.store(info)
+
+    def refresh_objects(self) -> None:
+        """Re-read the values present, keep the table in the layer's metadata and redraw the list."""
+        layer = self._target_labels()
+        if layer is None:
+            return self.object_list.show_objects([], {}, [])
+        table = self.objects()
+        table.sync(np.unique(np.asarray(layer.data)))
+        self._store_objects(layer, table)
+        self._apply_object_colors(layer, table)
+        colors = {v: tuple(np.asarray(layer.colormap.map(v)).ravel()) for v in table.present}
+        self.object_list.show_objects(table.shown(), colors, self._class_choices(), layer.selected_label)
+
+    def _class_choices(self) -> list[str]:
+        names = self.card.class_names() if hasattr(self, "model_combo") else {}
+        return [name for value, name in sorted(names.items()) if value != 0]
+
+    def _apply_object_colors(self, layer, table: ObjectTable) -> None:
+        """Objects with a chosen colour: a direct colormap that keeps every other object's cyclic colour."""
+        from napari.utils.colormaps import CyclicLabelColormap, DirectLabelColormap
+
+        custom = table.custom_colors()
+        if not custom:
+            return
+        if isinstance(layer.colormap, CyclicLabelColormap):
+            self._cyclic_colormaps[id(layer)] = layer.colormap  # the colours the other objects keep
+        default = self._cyclic_colormaps.get(id(layer), layer.colormap)
+        colors = {None: np.zeros(4), 0: np.zeros(4)}
+        for value in {*table.present, *custom}:
+            colors[value] = custom[value] if value in custom else np.asarray(default.map(value)).ravel()
+        layer.colormap = DirectLabelColormap(color_dict=colors)
+
+    def _edit_object(self, value: int, change) -> ObjectTable | None:
+        layer, table = self._target_labels(), self.objects()
+        if table is None or value not in table.objects:
+            return None
+        change(table)
+        self._store_objects(layer, table)
+        return table
+
+    def rename_object(self, value: int, name: str) -> None:
+        try:
+            self._edit_object(value, lambda table: table.rename(value, name))
+        except ValueError as exc:
+            self._notify("warning", str(exc))
+            self.refresh_objects()
+
+    def set_object_class(self, value: int, category: str) -> None:
+        self._edit_object(value, lambda table: table.set_category(value, category))
+
+    def recolor_object(self, value: int, rgba) -> None:
+        table = self._edit_object(value, lambda table: table.set_color(value, rgba))
+        if table is not None:
+            self.refresh_objects()
+
+    def choose_object_color(self, value: int) -> None:
+        from qtpy.QtGui import QColor
+        from qtpy.QtWidgets import QColorDialog
+
+        layer = self._target_labels()
+        current = QColor.fromRgbF(*[float(c) for c in np.asarray(layer.colormap.map(value)).ravel()[:3]])
+        color = QColorDialog.getColor(current, self, f"Colour of label {value}")
+        if color.isValid():
+            self.recolor_object(value, (color.redF(), color.greenF(), color.blueF(), 1.0))
+
+    def delete_object(self, value: int) -> None:
+        """Clear the object's voxels in one step of the layer's history (Ctrl+Z brings it back)."""
+        layer = self._target_labels()
+        if layer is None:
+            return
+        indices = np.nonzero(np.asarray(layer.data) == value)
+        if indices[0].size:
+            layer.data_setitem(indices, 0)
+        self.refresh_objects()
+
+    def select_object(self, value: int) -> None:
+        """Paint and erase that object: it becomes the layer's selected label and the active layer."""
+        layer = self._target_labels()
+        if layer is not None:
+            layer.selected_label = value
+            self.viewer.layers.selection.active = layer

@@ -8,6 +8,7 @@ from qtpy.QtWidgets import QFileDialog
 from ...errors import PromptError
 from ..layers import META_KEY, labels_layer_kwargs
 from .controls import Edit, SegmentControls, revert_model_edit, write_model_edit, writable
+from .widget_gui import linkify
 
 
 class SegmentWidget(SegmentControls):
@@ -48,12 +49,21 @@ class SegmentWidget(SegmentControls):
         return get_card(self.model_combo.currentData())
 
     def _model_changed(self, *_):
-        from ...models.weights import weight_status
+        from ...models.weights import BUNDLED, INSTALLED, weight_status
 
         card = self.card
         status = weight_status(card)
-        self.model_status.setText(f"Weights: {status.state}" + (f" — {status.detail}" if status.detail else ""))
+        self.weights_hint = f"Weights: {status.state}" + (f" — {status.detail}" if status.detail else "")
+        self.model_status.setText(linkify(self.weights_hint))
         self.model_status.setToolTip(card.description)
+        self.copy_hint_button.setVisible(status.state not in (INSTALLED, BUNDLED))
+        reason = "" if status.state in (INSTALLED, BUNDLED) else f"{card.name}: weights {status.state}. Install them first."
+        for button, tip in ((self.segment_button, "Segment the prompts on this slice (S)"),
+                            (self.box_button, "Draw a box; the mask follows (B)"),
+                            (self.propagate_button, "Carry the last mask through the volume's slices"),
+                            (self.automatic_button, "Segment with the automatic model")):
+            button.setEnabled(not reason)
+            button.setToolTip(reason or tip)
         prompt_model = card.task in ("box2d", "text2d")
         for widget in (self.box_button, self.auto_check, self.segment_button):
             widget.setVisible(prompt_model)
@@ -273,6 +283,11 @@ class SegmentWidget(SegmentControls):
         if folder:
             self.tokenizer_folder = folder
             self.tokenizer_button.setText(f"Tokenizer: {folder}")
+
+    def copy_weights_hint(self) -> None:
+        from qtpy.QtWidgets import QApplication
+
+        QApplication.clipboard().setText(self.weights_hint)
 
     def install_weights(self) -> None:
         from ...models.weights import install_from_file

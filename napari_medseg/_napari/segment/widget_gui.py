@@ -1,13 +1,23 @@
 """The Segment widget's layout: every control, its group and its shortcut (no layer or model logic)."""
 from __future__ import annotations
 
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout,
-    QWidget,
+    QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget,
 )
 
 from ...inference.intensity import CT_WINDOWS
+from ..docks import collapsible, refit_view_on_show, scroll_body
 from ..runner import TaskRunner
+from .object_list import ObjectListView
+
+
+def linkify(text: str) -> str:
+    """Plain text as rich text whose web addresses are links."""
+    import html
+    import re
+
+    return re.sub(r"(https?://[^\s<]+[^\s<.,;:)])", r'<a href="\1">\1</a>', html.escape(text, quote=False))
 
 
 class SegmentGUI(QWidget):
@@ -23,6 +33,11 @@ class SegmentGUI(QWidget):
             self.model_combo.addItem(f"{card.name}  [{TASK_LABELS[card.task]}]", card.id)
         self.model_status = QLabel()
         self.model_status.setWordWrap(True)
+        self.model_status.setTextFormat(Qt.TextFormat.RichText)  # the weights' URL as a link
+        self.model_status.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
+        self.model_status.setOpenExternalLinks(True)
+        self.copy_hint_button = QPushButton("Copy")
+        self.copy_hint_button.setToolTip("Copy the instructions (with the URL) to the clipboard")
         self.install_button = QPushButton("Install weights from file...")
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu"])
@@ -31,12 +46,15 @@ class SegmentGUI(QWidget):
         self.window_combo.addItems(["(keep)", *CT_WINDOWS])
         self.window_combo.setToolTip("CT window/level preset; prompt models see the image as displayed")
 
-        setup = QGroupBox("Image and model")
+        setup = QWidget()
         form = QFormLayout(setup)
         form.addRow("Image", self.image_combo)
         form.addRow("Model", self.model_combo)
         form.addRow("", self.model_status)
-        form.addRow("", self.install_button)
+        weights_row = QHBoxLayout()
+        weights_row.addWidget(self.install_button, 1)
+        weights_row.addWidget(self.copy_hint_button)
+        form.addRow("", weights_row)
         form.addRow("Device", self.device_combo)
         form.addRow("CT window", self.window_combo)
 
@@ -57,7 +75,7 @@ class SegmentGUI(QWidget):
         self.automatic_button = QPushButton("Run automatic segmentation")
         self.scope_combo = QComboBox()
         self.scope_combo.addItems(["whole image", "current slice"])
-        prompts = QGroupBox("Prompts")
+        prompts = QWidget()
         grid = QVBoxLayout(prompts)
         row = QHBoxLayout()
         for button in (self.box_button, self.pos_button, self.neg_button):
@@ -82,8 +100,12 @@ class SegmentGUI(QWidget):
         self.overwrite_check.setToolTip("Off: a new mask fills only background and its own object's voxels")
         self.accept_button = QPushButton("Accept")
         self.undo_button = QPushButton("Undo last")
+        self.undo_button.setToolTip("Revert the voxels the last mask set that still hold its value (your brush "
+                                    "edits stay); Ctrl+Z / Ctrl+Shift+Z step through the layer's whole history")
         self.clear_button = QPushButton("Clear prompts")
-        output = QGroupBox("Labels")
+        self.accept_button.setToolTip("Keep the labels; the next box starts a new object")
+        self.clear_button.setToolTip("Remove the boxes and points")
+        output = QWidget()
         out_form = QFormLayout(output)
         out_form.addRow("Target", self.labels_combo)
         out_form.addRow("Label value", self.value_spin)
@@ -97,10 +119,14 @@ class SegmentGUI(QWidget):
         self.finetune_button = QPushButton("Fine-tune on my labels...")
         self.finetune_button.setToolTip("Train the selected model on the labels you corrected")
         self.runner = TaskRunner(self._notify)
-        layout = QVBoxLayout(self)
-        for part in (setup, prompts, output, self.finetune_button, self.runner):
+        self.object_list = ObjectListView()
+        self.groups = {title: collapsible(title, part) for title, part in (
+            ("Image and model", setup), ("Prompts", prompts), ("Labels", output), ("Objects", self.object_list))}
+        layout = scroll_body(self)
+        for part in (*self.groups.values(), self.finetune_button, self.runner):
             layout.addWidget(part)
         layout.addStretch(1)
+        refit_view_on_show(self.viewer, self)
 
         self.model_combo.currentIndexChanged.connect(self._model_changed)
         self.install_button.clicked.connect(self.install_weights)
@@ -116,14 +142,29 @@ class SegmentGUI(QWidget):
         self.clear_button.clicked.connect(self.clear_prompts)
         self.finetune_button.clicked.connect(self.open_finetune)
         self.tokenizer_button.clicked.connect(self.choose_tokenizer)
+        self.copy_hint_button.clicked.connect(self.copy_weights_hint)
+        self.labels_combo.currentTextChanged.connect(self._attach_objects)
+        self.object_list.renamed.connect(self.rename_object)
+        self.object_list.category_changed.connect(self.set_object_class)
+        self.object_list.recolor_requested.connect(self.choose_object_color)
+        self.object_list.delete_requested.connect(self.delete_object)
+        self.object_list.selected.connect(self.select_object)
 
     def _shortcuts(self) -> dict:
-        """Keys as in micro-sam's annotators, each with its button."""
-        return {"B": (self.draw_box, self.box_button), "S": (self.segment_prompts, self.segment_button),
-                "C": (self.accept, self.accept_button), "Shift-C": (self.clear_prompts, self.clear_button)}
+        """Keys as in micro-sam's annotators: the method each calls (looked up when pressed) and its button."""
+        return {"B": ("draw_box", self.box_button), "S": ("segment_prompts", self.segment_button),
+                "C": ("accept", self.accept_button), "Shift-C": ("clear_prompts", self.clear_button)}
 
     def _bind_shortcuts(self) -> None:
+        """On the viewer and on every layer: an active layer's own keys (napari's B, S, C) come before the viewer's."""
+        for layer in self.viewer.layers:
+            self._bind_layer_keys(layer)
+        self.viewer.layers.events.inserted.connect(lambda event: self._bind_layer_keys(event.value))
         for key, (action, button) in self._shortcuts().items():
-            self.viewer.bind_key(key, lambda _viewer, action=action: action(), overwrite=True)
+            self.viewer.bind_key(key, lambda _viewer, action=action: getattr(self, action)(), overwrite=True)
             tip = button.toolTip()
             button.setToolTip(f"{tip} ({key})" if tip else f"Shortcut: {key}")
+
+    def _bind_layer_keys(self, layer) -> None:
+        for key, (action, _button) in self._shortcuts().items():
+            layer.bind_key(key, lambda _layer, action=action: getattr(self, action)(), overwrite=True)
