@@ -1,8 +1,8 @@
 """Dock widgets that fit small screens (1366x768): a scrolling body, collapsible groups, the view re-fitted."""
 from __future__ import annotations
 
-from qtpy.QtCore import QEvent, QObject, QTimer
-from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtWidgets import QComboBox, QFrame, QScrollArea, QVBoxLayout, QWidget
 
 
 def scroll_body(widget: QWidget) -> QVBoxLayout:
@@ -13,12 +13,20 @@ def scroll_body(widget: QWidget) -> QVBoxLayout:
     area = QScrollArea()
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # the controls take the dock's width
     area.setWidget(body)
     outer = QVBoxLayout(widget)
     outer.setContentsMargins(0, 0, 0, 0)
     outer.addWidget(area)
     widget.scroll_area = area
     return QVBoxLayout(body)
+
+
+def narrow_combos(widget: QWidget, characters: int = 12) -> None:
+    """Combo boxes as wide as the dock, not as their longest item (model and layer names are long)."""
+    for combo in widget.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(characters)
 
 
 def collapsible(title: str, content: QWidget, expanded: bool = True):

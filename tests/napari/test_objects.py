@@ -2,6 +2,8 @@
 select to edit, and names saved with the labels."""
 import numpy as np
 import pytest
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox
 
 from napari_medseg._napari.layers import image_layer_data
 from napari_medseg._napari.runner import wait_for_workers
@@ -36,7 +38,7 @@ def test_objects_are_listed_renamed_classed_and_saved(two_objects, tmp_path):
     assert [table.item(r, 1).text() for r in range(2)] == ["1", "2"]
     assert [table.item(r, NAME).text() for r in range(2)] == ["object 1", "object 2"]
     table.item(0, NAME).setText("left kidney")  # what an edit in the cell does
-    widget.object_list.class_box(2).setCurrentText("cyst")
+    table.item(1, CLASS).setText("cyst")  # what the class editor writes back
     objects = ObjectTable.from_metadata(labels.metadata["medseg"]).objects
     assert objects[1].name == "left kidney" and objects[2].category == "cyst"
     table.item(1, NAME).setText("  ")  # an empty name is refused, the old one shown again
@@ -52,7 +54,7 @@ def test_recolour_delete_and_select(two_objects, qtbot):
     widget.recolor_object(1, (1.0, 0.0, 0.0, 1.0))
     np.testing.assert_allclose(np.asarray(labels.colormap.map(1)).ravel(), [1, 0, 0, 1])
     np.testing.assert_allclose(np.asarray(labels.colormap.map(2)).ravel(), before)  # the other keeps its colour
-    swatch = widget.object_list.table.item(0, 0).background().color()
+    swatch = widget.object_list.table.item(0, 0).data(Qt.ItemDataRole.DecorationRole)
     assert (swatch.red(), swatch.green(), swatch.blue()) == (255, 0, 0)
 
     assert labels.selected_label == 2  # the newest object, selected in the list too
@@ -68,11 +70,16 @@ def test_recolour_delete_and_select(two_objects, qtbot):
     assert widget.object_list.table.item(1, NAME).text() == "object 2"
 
 
-def test_class_choices_come_from_the_model(two_objects):
+def test_class_choices_come_from_the_model(two_objects, qtbot):
     viewer, widget, labels = two_objects
     widget.model_combo.setCurrentIndex(widget.model_combo.findData("vm-unet-synapse"))
     widget.refresh_objects()
-    box = widget.object_list.class_box(1)
-    choices = [box.itemText(i) for i in range(box.count())]
+    table = widget.object_list.table
+    table.editItem(table.item(0, CLASS))  # a double-click on the class cell
+    editor = table.findChild(QComboBox)
+    choices = [editor.itemText(i) for i in range(editor.count())]
     assert "liver" in choices and "background" not in choices
-    assert widget.object_list.table.cellWidget(0, CLASS) is box
+    editor.setCurrentText("left kidney")
+    table.commitData(editor)  # what Enter or leaving the editor does
+    assert table.item(0, CLASS).text() == "left kidney"
+    assert ObjectTable.from_metadata(labels.metadata["medseg"]).objects[1].category == "left kidney"

@@ -4,11 +4,32 @@ from __future__ import annotations
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
-    QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QPushButton, QTableWidget, QTableWidgetItem,
-    QVBoxLayout, QWidget,
+    QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QPushButton, QStyledItemDelegate, QTableWidget,
+    QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
 SWATCH, VALUE, NAME, CLASS = range(4)
+
+
+class ClassDelegate(QStyledItemDelegate):
+    """Edits a class cell with an editable combo box: the model's classes, or any text."""
+
+    def __init__(self, choices: list[str], parent=None):
+        super().__init__(parent)
+        self.choices = choices
+
+    def createEditor(self, parent, option, index):
+        editor = QComboBox(parent)
+        editor.setEditable(True)
+        editor.addItems(self.choices)
+        editor.lineEdit().setPlaceholderText("class")
+        return editor
+
+    def setEditorData(self, editor, index):
+        editor.setCurrentText(index.data() or "")
+
+    def setModelData(self, editor, model, index):
+        model.setData(index, editor.currentText())
 
 
 class ObjectListView(QWidget):
@@ -33,8 +54,8 @@ class ObjectListView(QWidget):
             header.setSectionResizeMode(column, mode)
         self.table.setColumnWidth(SWATCH, 24)
         self.table.setMinimumHeight(110)
-        self.table.setToolTip("Click a row to paint that object; double-click a name to rename it; "
-                              "click the swatch to recolour")
+        self.table.setToolTip("Click a row to paint that object; double-click a name to rename it or a class "
+                              "to choose one; click the swatch to recolour")
         self.recolor_button = QPushButton("Colour...")
         self.delete_button = QPushButton("Delete object")
         self.delete_button.setToolTip("Clear the object's voxels (one step in the layer's Ctrl+Z history)")
@@ -45,7 +66,8 @@ class ObjectListView(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.table)
         layout.addLayout(buttons)
-        self._categories: list[str] = []
+        self.class_delegate = ClassDelegate([], self.table)
+        self.table.setItemDelegateForColumn(CLASS, self.class_delegate)
         self._filling = False
         self.table.itemChanged.connect(self._item_changed)
         self.table.itemSelectionChanged.connect(self._selection_changed)
@@ -63,32 +85,24 @@ class ObjectListView(QWidget):
     def show_objects(self, objects, colors: dict, categories: list[str], current: int | None = None) -> None:
         """Fill the rows: ``objects`` are LabelObjects, ``colors`` RGBA per value, ``categories`` the class choices."""
         self._filling = True
-        self._categories = categories
+        self.class_delegate.choices = categories
         self.table.setRowCount(len(objects))
         for row, obj in enumerate(objects):
             swatch = QTableWidgetItem()
             swatch.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
-            swatch.setBackground(QColor.fromRgbF(*[float(c) for c in colors[obj.value][:3]]))
+            # a colour square, not a background, so that a selected row still shows its colour
+            swatch.setData(Qt.ItemDataRole.DecorationRole, QColor.fromRgbF(*[float(c) for c in colors[obj.value][:3]]))
             value = QTableWidgetItem(str(obj.value))
             value.setData(Qt.ItemDataRole.UserRole, obj.value)
             value.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
             self.table.setItem(row, SWATCH, swatch)
             self.table.setItem(row, VALUE, value)
             self.table.setItem(row, NAME, QTableWidgetItem(obj.name))
-            combo = QComboBox()
-            combo.setEditable(True)
-            combo.addItems(sorted({*categories, obj.category} - {""}))
-            combo.setCurrentText(obj.category)
-            combo.lineEdit().setPlaceholderText("class")
-            combo.currentTextChanged.connect(lambda text, v=obj.value: self.category_changed.emit(v, text))
-            self.table.setCellWidget(row, CLASS, combo)
+            self.table.setItem(row, CLASS, QTableWidgetItem(obj.category))
         row = self.row_of(current) if current is not None else -1
         if row >= 0:
             self.table.selectRow(row)
         self._filling = False
-
-    def class_box(self, value: int) -> QComboBox:
-        return self.table.cellWidget(self.row_of(value), CLASS)
 
     def _emit(self, signal, row: int) -> None:
         value = self.value_at(row)
@@ -96,8 +110,12 @@ class ObjectListView(QWidget):
             signal.emit(value)
 
     def _item_changed(self, item) -> None:
-        if not self._filling and item.column() == NAME:
+        if self._filling:
+            return
+        if item.column() == NAME:
             self.renamed.emit(self.value_at(item.row()), item.text())
+        elif item.column() == CLASS:
+            self.category_changed.emit(self.value_at(item.row()), item.text())
 
     def _selection_changed(self) -> None:
         if not self._filling:

@@ -7,7 +7,7 @@ from qtpy.QtWidgets import (
 )
 
 from ...inference.intensity import CT_WINDOWS
-from ..docks import collapsible, refit_view_on_show, scroll_body
+from ..docks import collapsible, narrow_combos, refit_view_on_show, scroll_body
 from ..runner import TaskRunner
 from .object_list import ObjectListView
 
@@ -126,6 +126,7 @@ class SegmentGUI(QWidget):
         for part in (*self.groups.values(), self.finetune_button, self.runner):
             layout.addWidget(part)
         layout.addStretch(1)
+        narrow_combos(self)
         refit_view_on_show(self.viewer, self)
 
         self.model_combo.currentIndexChanged.connect(self._model_changed)
