@@ -73,7 +73,6 @@ def test_recolour_delete_and_select(two_objects, qtbot):
 def test_class_choices_come_from_the_model(two_objects, qtbot):
     viewer, widget, labels = two_objects
     widget.model_combo.setCurrentIndex(widget.model_combo.findData("vm-unet-synapse"))
-    widget.refresh_objects()
     table = widget.object_list.table
     table.editItem(table.item(0, CLASS))  # a double-click on the class cell
     editor = table.findChild(QComboBox)

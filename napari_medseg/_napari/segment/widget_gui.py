@@ -145,6 +145,7 @@ class SegmentGUI(QWidget):
         self.tokenizer_button.clicked.connect(self.choose_tokenizer)
         self.copy_hint_button.clicked.connect(self.copy_weights_hint)
         self.labels_combo.currentTextChanged.connect(self._attach_objects)
+        self.model_combo.currentIndexChanged.connect(self.refresh_objects)  # its classes are the choices
         self.object_list.renamed.connect(self.rename_object)
         self.object_list.category_changed.connect(self.set_object_class)
         self.object_list.recolor_requested.connect(self.choose_object_color)
