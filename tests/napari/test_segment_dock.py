@@ -39,7 +39,7 @@ def test_missing_weights_link_copy_and_disabled_run(dock):
     label = widget.model_status
     assert label.openExternalLinks()
     assert label.textInteractionFlags() & Qt.TextInteractionFlag.TextSelectableByMouse
-    assert '<a href="https://github.com/MI2DataLab/SwinSMT">' in label.text()
+    assert '<a href="https://github.com/MI2DataLab/SwinSMT"' in label.text()
     assert not widget.automatic_button.isEnabled()
     assert "weights missing" in widget.automatic_button.toolTip()
     widget.copy_hint_button.click()

@@ -17,7 +17,8 @@ def linkify(text: str) -> str:
     import html
     import re
 
-    return re.sub(r"(https?://[^\s<]+[^\s<.,;:)])", r'<a href="\1">\1</a>', html.escape(text, quote=False))
+    link = r'<a href="\1" style="color: #5aa9ff">\1</a>'  # Qt's default blue is unreadable on napari's dark theme
+    return re.sub(r"(https?://[^\s<]+[^\s<.,;:)])", link, html.escape(text, quote=False))
 
 
 class SegmentGUI(QWidget):
