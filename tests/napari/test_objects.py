@@ -82,3 +82,22 @@ def test_class_choices_come_from_the_model(two_objects, qtbot):
     table.commitData(editor)  # what Enter or leaving the editor does
     assert table.item(0, CLASS).text() == "left kidney"
     assert ObjectTable.from_metadata(labels.metadata["medseg"]).objects[1].category == "left kidney"
+
+
+def test_slice_changes_do_not_rescan_but_undo_does(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medseg", "Segment")
+    labels = viewer.add_labels(np.zeros((6, 16, 16), np.uint16), name="volume labels")
+    widget.labels_combo.setCurrentText("volume labels")
+    labels.data_setitem((np.full(4, 2), np.arange(4), np.arange(4)), 1)
+    widget._objects_timer.stop()
+    widget.refresh_objects()
+    for index in range(6):  # every slice change emits set_data, as undo does
+        viewer.dims.set_point(0, index)
+        assert not widget._objects_timer.isActive()
+    labels.undo()
+    assert widget._objects_timer.isActive()
+    widget._objects_timer.stop()
+    widget.refresh_objects()
+    assert widget.object_list.table.rowCount() == 0
+    assert wait_for_workers(60000)

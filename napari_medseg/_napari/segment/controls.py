@@ -60,6 +60,7 @@ class SegmentControls(SegmentGUI):
 
         super().__init__()
         self._objects_layer = None  # the labels layer whose objects the list shows
+        self._seen_history = (0, 0)  # its undo/redo history lengths at the last scan
         self._cyclic_colormaps: dict = {}  # id(layer) -> its colours before an object was recoloured
         self._objects_timer = QTimer(self)  # one scan of the data per burst of edits
         self._objects_timer.setSingleShot(True)
@@ -219,15 +220,26 @@ class SegmentControls(SegmentGUI):
         if layer is self._objects_layer:
             return
         if self._objects_layer is not None:
-            for emitter in (self._objects_layer.events.paint, self._objects_layer.events.set_data):
-                emitter.disconnect(self._schedule_objects)
+            self._objects_layer.events.paint.disconnect(self._schedule_objects)
+            self._objects_layer.events.set_data.disconnect(self._history_moved)
         self._objects_layer = layer
         if layer is not None:
+            self._seen_history = self._history_state()
             layer.events.paint.connect(self._schedule_objects)
-            layer.events.set_data.connect(self._schedule_objects)
+            layer.events.set_data.connect(self._history_moved)
         self.refresh_objects()
 
+    def _history_state(self) -> tuple[int, int]:
+        layer = self._objects_layer
+        return len(layer._undo_history), len(layer._redo_history)
+
+    def _history_moved(self, *_) -> None:
+        """Undo and redo emit only set_data, as every slice change does: rescan only when the history moved."""
+        if self._history_state() != self._seen_history:
+            self._schedule_objects()
+
     def _schedule_objects(self, *_) -> None:
+        self._seen_history = self._history_state()
         self._objects_timer.start()
 
     def objects(self) -> ObjectTable | None:
