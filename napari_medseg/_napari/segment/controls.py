@@ -265,7 +265,7 @@ class SegmentControls(SegmentGUI):
         self.object_list.show_objects(table.shown(), colors, self._class_choices(), layer.selected_label)
 
     def _class_choices(self) -> list[str]:
-        names = self.card.class_names() if hasattr(self, "model_combo") else {}
+        names = self.card.class_names()
         return [name for value, name in sorted(names.items()) if value != 0]
 
     def _apply_object_colors(self, layer, table: ObjectTable) -> None:
