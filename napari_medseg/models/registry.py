@@ -32,6 +32,8 @@ class WeightFile:
     manual_download: bool = False
     bundled: dict | None = None  # {package, path}: shipped inside an installed package
     role: str = "weights"  # or "backbone": initialisation only
+    published: bool = True  # False: the authors publish no trained file (``url`` is then their code)
+    source_note: str | None = None  # which file to take where ``url`` holds several (a folder)
 
 
 @dataclass

@@ -96,8 +96,16 @@ def weight_status(card: ModelCard, verify: bool = False) -> WeightStatus:
 
 def _install_hint(card: ModelCard) -> str:
     weight = card.weight
+    command = f"medseg models install {card.id} /path/to/{weight.file}"
+    if not weight.published:
+        code = f"; their code is at {weight.url}" if weight.url else ""
+        return (f"The authors publish no trained weights for {card.name}{code}. Train them on your labels "
+                f"(Fine-tune on my labels, or medseg train), or install a {weight.file} you have: {command}")
+    if weight.source_note:  # a folder of several files: say which, installed under the card's file name
+        return (f"Download {weight.source_note} from {weight.url}, then run: "
+                f"medseg models install {card.id} /path/to/that/file")
     where = f"Download {weight.file} from {weight.url}" if weight.url else f"Obtain {weight.file}"
-    return f"{where}, then run: medseg models install {card.id} /path/to/{weight.file}"
+    return f"{where}, then run: {command}"
 
 
 def weights_path(card: ModelCard) -> Path:
@@ -165,7 +173,7 @@ def download(card: ModelCard, progress: ProgressCallback | None = None, timeout:
     import urllib.request
 
     weight = card.weight
-    hint = f"Download it in a browser from {weight.url}, then run: medseg models install {card.id} /path/to/{weight.file}"
+    hint = _install_hint(card)
     if weight.manual_download or not weight.url:
         raise CheckpointError(f"{weight.file} cannot be downloaded automatically. {hint}")
     target_dir = weights_dir(card)

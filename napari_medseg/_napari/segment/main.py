@@ -1,0 +1,301 @@
+"""The Segment dock widget: pick a model, draw boxes or points, get masks, correct, undo (model calls here;
+layout in widget_gui, layer glue in controls)."""
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtWidgets import QFileDialog
+
+from ...errors import PromptError
+from ..layers import META_KEY, labels_layer_kwargs
+from .controls import Edit, SegmentControls, revert_model_edit, write_model_edit, writable
+from .widget_gui import linkify
+
+
+class SegmentWidget(SegmentControls):
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self._edits: list[Edit] = []
+        self._predictors: dict = {}
+        self._box_count = 0
+        self._build()
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self._bind_shortcuts()
+        self._refresh_layers()
+        self._model_changed()
+        self._find_devices()
+
+    def _find_devices(self) -> None:
+        """List CUDA/MPS devices without blocking the viewer (importing torch takes seconds)."""
+        from ..runner import create_worker  # tracked, so that demo and tests can wait for it
+
+        from ...device import available_devices
+
+        def add(devices):
+            for device in devices:
+                if self.device_combo.findText(device) < 0:
+                    self.device_combo.addItem(device)
+
+        worker = create_worker(available_devices)
+        worker.returned.connect(add)
+        worker.start()
+
+
+    @property
+    def card(self):
+        from ...models.registry import get_card
+
+        return get_card(self.model_combo.currentData())
+
+    def _model_changed(self, *_):
+        from ...models.weights import BUNDLED, INSTALLED, weight_status
+
+        card = self.card
+        status = weight_status(card)
+        self.weights_hint = f"Weights: {status.state}" + (f" — {status.detail}" if status.detail else "")
+        self.model_status.setText(linkify(self.weights_hint))
+        self.model_status.setToolTip(card.description)
+        self.copy_hint_button.setVisible(status.state not in (INSTALLED, BUNDLED))
+        reason = "" if status.state in (INSTALLED, BUNDLED) else f"{card.name}: weights {status.state}. Install them first."
+        for button, tip in ((self.segment_button, "Segment the prompts on this slice (S)"),
+                            (self.box_button, "Draw a box; the mask follows (B)"),
+                            (self.propagate_button, "Carry the last mask through the volume's slices"),
+                            (self.automatic_button, "Segment with the automatic model")):
+            button.setEnabled(not reason)
+            button.setToolTip(reason or tip)
+        prompt_model = card.task in ("box2d", "text2d")
+        for widget in (self.box_button, self.auto_check, self.segment_button):
+            widget.setVisible(prompt_model)
+        self.propagate_button.setVisible(card.task == "box2d")
+        self.report_box.setVisible(card.task == "text2d")
+        self.tokenizer_button.setVisible(card.task == "text2d")
+        for widget in (self.pos_button, self.neg_button):
+            widget.setVisible(card.task == "box2d" and card.family != "lite_medsam")
+        self.automatic_button.setVisible(card.task in ("auto2d", "auto3d"))
+        self.scope_combo.setVisible(card.task == "auto2d")
+
+    def segment_prompts(self) -> None:
+        try:
+            image_layer = self.image_layer()
+            axis, index = self._plane_position(image_layer)
+            box, points, point_labels = self._current_prompts(axis, index)
+            if box is None and not points:
+                raise PromptError("Draw a box (B) or add points on the displayed slice first")
+        except PromptError as exc:
+            return self._notify("warning", str(exc))
+        image = self._image(image_layer)
+        limits = tuple(image_layer.contrast_limits)
+        card, device = self.card, self.device_combo.currentText()
+        prompt = {"model": card.id, "axis": axis, "slice": index, "box": box, "points": points,
+                  "point_labels": point_labels}
+        if card.task == "text2d":
+            return self._segment_report(image_layer, image, axis, index, box, prompt)
+
+        def job(progress, cancel):
+            from ...inference.planes import take_plane
+
+            predictor = self._predictor(card, device)
+            plane = take_plane(image, axis, index, limits)
+            predictor.set_image(plane.pixels)
+            mask = predictor.predict(
+                box=plane.box_to_pixels(box) if box else None,
+                points=plane.points_to_pixels(np.array(points)) if points else None,
+                point_labels=np.array(point_labels) if points else None,
+            )
+            return plane.mask_to_plane(mask)
+
+        self.runner.run(job, lambda mask: self._write_mask(image_layer, image, axis, index, mask, prompt), "Segmenting")
+
+    def _segment_report(self, image_layer, image, axis, index, box, prompt) -> None:
+        """Text-guided models: the box places the 256x256 lesion crop, the report steers the decoder."""
+        if axis not in (None, 0):
+            return self._notify("warning", "Text-guided models work on axial slices; show the first axis' slices")
+        if box is None:
+            return self._notify("warning", "Draw a box (or a small box as a click) on the lesion first")
+        report = self.report_box.text()
+        prompt["report"] = report
+        card, device = self.card, self.device_combo.currentText()
+
+        def job(progress, cancel):
+            from ...models.load import load_model
+            from ...segmentation import segment
+
+            options = {"tokenizer": self.tokenizer_folder} if self.tokenizer_folder else {}
+            labels = segment(image, load_model(card.id, device=device, **options),
+                             box=(*box, index) if axis == 0 else box, report=report)
+            return labels[index] > 0 if axis == 0 else labels > 0
+
+        self.runner.run(job, lambda mask: self._write_mask(image_layer, image, axis, index, mask, prompt),
+                        "Reading the report and segmenting")
+
+    def _predictor(self, card, device):
+        from ...inference.box2d import BoxPredictor
+        from ...models.load import load_model
+
+        key = (card.id, device)
+        if key not in self._predictors:
+            loaded = load_model(card.id, device=device)
+            self._predictors = {key: BoxPredictor(loaded, device=loaded.info.get("device"))}
+        return self._predictors[key]
+
+    def _write_mask(self, image_layer, image, axis, index, mask, prompt=None) -> None:
+        if not mask.any():
+            return self._notify("info", "The model found no object in this box; try a tighter box or another model.")
+        labels = self.labels_layer(image_layer, image)
+        value = self._next_value(labels)
+        in_plane = np.nonzero(mask)
+        indices = in_plane if axis is None else (*in_plane[:axis], np.full_like(in_plane[0], index), *in_plane[axis:])
+        free = writable(np.asarray(labels.data[indices]), value, self.overwrite_check.isChecked())
+        edit = write_model_edit(labels, tuple(i[free] for i in indices), value,
+                                None if axis is None else (axis, index), value)
+        if edit is None:
+            return self._notify("info", "The mask lies inside other objects; tick \"Overwrite other objects\" to replace them.")
+        self._edits.append(edit)
+        labels.selected_label = value
+        if prompt is not None:  # kept with the labels: the annotation store and training read them
+            import time
+
+            record = {**prompt, "label": value, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            labels.metadata.setdefault(META_KEY, {}).setdefault("prompts", []).append(record)
+
+    def _next_value(self, labels) -> int:
+        if self.new_object_check.isChecked():
+            value = int(labels.data.max()) + 1
+            self.value_spin.setValue(min(value, 65535))
+        return self.value_spin.value()
+
+    # ---- 3-D propagation --------------------------------------------------------------------
+    def propagate(self) -> None:
+        from ...inference.planes import resample_mask, take_plane
+
+        edit = self._edits[-1] if self._edits else None
+        if edit is None or edit.plane is None:
+            return self._notify("warning", "Segment an object on one slice of a volume first, then propagate it.")
+        (axis, index), labels, value = edit.plane, edit.layer, edit.value
+        start_mask = np.take(np.asarray(labels.data), index, axis=axis) == value
+        overwrite = self.overwrite_check.isChecked()
+        image_layer = self.image_layer()
+        image = self._image(image_layer)
+        limits = tuple(image_layer.contrast_limits)
+        card, device = self.card, self.device_combo.currentText()
+
+        def job(progress, cancel):
+            predictor = self._predictor(card, device)
+            planes = [take_plane(image, axis, i, limits) for i in range(image.spatial_shape[axis])]
+            seed = resample_mask(start_mask, planes[index].pixels.shape[:2])
+            masks = predictor.propagate(np.stack([p.pixels for p in planes]), index, seed,
+                                        progress=progress, cancel=cancel)
+            return np.stack([p.mask_to_plane(m) for p, m in zip(planes, masks)])
+
+        def done(masks):
+            moved = np.moveaxis(masks, 0, axis)
+            indices = np.nonzero(moved & writable(np.asarray(labels.data), value, overwrite))
+            edit = write_model_edit(labels, indices, value, value=value)
+            if edit is not None:
+                self._edits.append(edit)
+            self._notify("info", f"Propagated label {value} through {int(masks.reshape(len(masks), -1).any(1).sum())} slices")
+
+        self.runner.run(job, done, "Propagating")
+
+    # ---- automatic models -------------------------------------------------------------------
+    def run_automatic(self) -> None:
+        try:
+            image_layer = self.image_layer()
+            axis, index = self._plane_position(image_layer) if self.scope_combo.currentText() == "current slice" else (None, None)
+        except PromptError as exc:
+            return self._notify("warning", str(exc))
+        image = self._image(image_layer)
+        card, device = self.card, self.device_combo.currentText()
+        if axis is not None and axis != 0:
+            return self._notify("warning", "Automatic 2D models run on axial slices; show the first axis' slices")
+        target = image if index is None else image.with_array(image.array[index], channel_axis=image.channel_axis)
+        if index is not None:
+            target.spacing, target.origin, target.direction = image.spacing[:2], image.origin[:2], image.direction[:2, :2]
+
+        def job(progress, cancel):
+            from ...models.load import load_model
+            from ...segmentation import segment
+
+            loaded = load_model(card.id, device=device)
+            return segment(target, loaded, progress=progress, cancel=cancel), loaded.classes
+
+        def done(result):
+            labels_array, classes = result
+            self._show_classes(image_layer, image, labels_array, classes, index)
+
+        self.runner.run(job, done, f"Running {card.name}")
+
+    def _show_classes(self, image_layer, image, labels_array, classes, index) -> None:
+        import pandas as pd
+        from napari.layers import Labels
+
+        from ...models.registry import class_table
+        from ..legend import LabelLegend
+
+        card = self.card
+        name = f"{image_layer.name} {card.id}"
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+        else:
+            kwargs = labels_layer_kwargs(image, name, label_names=classes)
+            layer = self.viewer.add_layer(Labels(np.zeros(image.spatial_shape, dtype=np.uint16), **kwargs))
+        current = np.asarray(layer.data) if index is None else np.asarray(layer.data[index])
+        changed = np.nonzero(current != labels_array)  # this model's own layer: its classes replace its last run
+        indices = changed if index is None else (np.full_like(changed[0], index), *changed)
+        edit = write_model_edit(layer, indices, labels_array[changed])
+        if edit is not None:
+            self._edits.append(edit)
+        classes = classes or {int(v): str(v) for v in np.unique(labels_array)}
+        values = sorted(classes)
+        layer.features = pd.DataFrame({"index": values, "name": [classes[v] for v in values]})
+        table = class_table(card.classes) if isinstance(card.classes, str) and card.classes != "from checkpoint" else {}
+        self.legend = LabelLegend(layer, classes, table.get("colors"), table.get("groups"))
+        self.viewer.window.add_dock_widget(self.legend, name=f"Legend: {layer.name}", area="left")
+        layer.refresh()
+        found = [classes.get(int(v), str(v)) for v in np.unique(labels_array) if v]
+        self._notify("info", f"Found {len(found)} classes: {', '.join(found[:8])}{'...' if len(found) > 8 else ''}")
+
+    # ---- labels bookkeeping -----------------------------------------------------------------
+    def accept(self) -> None:
+        self.clear_prompts()
+        self._edits.clear()
+        self._notify("info", "Accepted: labels kept; the next object starts fresh.")
+
+    def undo(self) -> None:
+        if not self._edits:
+            return self._notify("info", "Nothing to undo")
+        edit = self._edits.pop()
+        if not revert_model_edit(edit):
+            self._notify("info", "The last mask was already undone or painted over")
+
+    def open_finetune(self):
+        """Dock the Fine-tune widget (once) with this widget's model selected."""
+        _, widget = self.viewer.window.add_plugin_dock_widget("napari-medseg", "Fine-tune on my labels")
+        if hasattr(widget, "select_model"):
+            widget.select_model(self.card.id)
+        return widget
+
+    def choose_tokenizer(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        folder = QFileDialog.getExistingDirectory(self, "Folder with tokenizer files (vocab.txt, tokenizer.json)")
+        if folder:
+            self.tokenizer_folder = folder
+            self.tokenizer_button.setText(f"Tokenizer: {folder}")
+
+    def copy_weights_hint(self) -> None:
+        from qtpy.QtWidgets import QApplication
+
+        QApplication.clipboard().setText(self.weights_hint)
+
+    def install_weights(self) -> None:
+        from ...models.weights import install_from_file
+
+        card = self.card
+        path, _ = QFileDialog.getOpenFileName(self, f"Weights file for {card.name} ({card.weight.file})")
+        if not path:
+            return
+        self.runner.run(lambda progress, cancel: install_from_file(card, path),
+                        lambda target: (self._notify("info", f"Installed {target}"), self._model_changed()),
+                        f"Installing {card.weight.file}")
