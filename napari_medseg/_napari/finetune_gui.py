@@ -17,8 +17,9 @@ BUDGET_UNITS = {"epochs": "--epochs", "minutes": "--time", "steps": "--steps"}
 
 
 def _group(title: str, expanded: bool = True) -> tuple[QCollapsible, QFormLayout]:
-    group = QCollapsible(title)
+    group = QCollapsible(title, collapsedIcon="▶")
     group.setDuration(0)  # no animation: screenshots and tests see the final layout
+    group.layout().setContentsMargins(0, 2, 0, 2)  # collapsed groups sit close together
     body = QWidget()
     form = QFormLayout(body)
     form.setContentsMargins(4, 0, 0, 0)
@@ -144,6 +145,8 @@ class FinetuneGui(QWidget):
 
     def plot(self, metrics: dict) -> None:
         """Loss per step, validation Dice per epoch and the starting model's Dice (dotted)."""
+        from matplotlib.ticker import MaxNLocator
+
         self.loss_axes.clear()
         self.dice_axes.clear()
         steps = metrics.get("loss_steps", [])
@@ -155,6 +158,7 @@ class FinetuneGui(QWidget):
                                 color="tab:orange", label="validation Dice")
         if metrics.get("baseline_dice") is not None:
             self.dice_axes.axhline(metrics["baseline_dice"], color="tab:orange", linestyle=":", linewidth=1)
+        self.loss_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         self.loss_axes.set_xlabel("step")
         self.loss_axes.set_ylabel("loss", color="tab:blue")
         self.dice_axes.yaxis.tick_right()  # clear() put the twin axis back on the left
