@@ -20,9 +20,10 @@ def _group(title: str, expanded: bool = True) -> tuple[QCollapsible, QFormLayout
     group = QCollapsible(title, collapsedIcon="▶")
     group.setDuration(0)  # no animation: screenshots and tests see the final layout
     group.layout().setContentsMargins(0, 2, 0, 2)  # collapsed groups sit close together
+    group.layout().setSpacing(0)
     body = QWidget()
     form = QFormLayout(body)
-    form.setContentsMargins(4, 0, 0, 0)
+    form.setContentsMargins(4, 6, 0, 0)
     group.addWidget(body)
     if expanded:
         group.expand(animate=False)
