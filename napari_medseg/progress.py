@@ -6,6 +6,7 @@ CLI passes a terminal progress bar.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 from .errors import Cancelled
@@ -38,3 +39,19 @@ class Progress:
             self.message = message
         self._report()
         self.check()
+
+
+def format_duration(seconds: float) -> str:
+    """A remaining or elapsed time as people read it: "45 s", "1 min 5 s", "2 min", "1 h 3 min".
+
+    Rounded once at the precision shown, so a unit never reads 60 ("1 min 60 s" for 119.7 s)."""
+    if not math.isfinite(seconds):
+        return "unknown"
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        minutes, rest = divmod(whole, 60)
+        return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+    hours, minutes = divmod(round(whole / 60), 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"

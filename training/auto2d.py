@@ -477,11 +477,12 @@ def save_nnunet_network(network, record: dict, path: Path, extra: dict | None = 
     the text tower's metadata."""
     from napari_medseg.models.nnunet_checkpoint import save_nnunet_checkpoint
 
+    from napari_medseg.atomic import replacing
+
     set_deep_supervision(network, False)
-    temp = path.with_name(f".{path.name}.tmp")
-    save_nnunet_checkpoint(temp, network.state_dict(), trainer_name=record["trainer_name"], plans=record["plans"],
-                           configuration=record["configuration"], dataset_json=record["dataset_json"],
-                           epoch=int((extra or {}).get("steps", 0)), mirror_axes=record["mirror_axes"],
-                           logging={"napari_medseg": dict(extra or {})}, extra=top_level)
-    temp.replace(path)
+    with replacing(path) as temp:
+        save_nnunet_checkpoint(temp, network.state_dict(), trainer_name=record["trainer_name"], plans=record["plans"],
+                               configuration=record["configuration"], dataset_json=record["dataset_json"],
+                               epoch=int((extra or {}).get("steps", 0)), mirror_axes=record["mirror_axes"],
+                               logging={"napari_medseg": dict(extra or {})}, extra=top_level)
     return path

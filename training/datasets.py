@@ -169,6 +169,9 @@ def _checked(case: Case, label_path: Path) -> Case:
         raise MedsegError(f"{label_path.name}: labels {case.labels.shape} do not match the image {case.image.spatial_shape}")
     if case.labels.dtype.kind == "f":
         case.labels = np.rint(case.labels).astype(np.int64)
+    if case.labels.size and case.labels.min() < 0:  # an unsigned copy would turn -1 into 255, a new class
+        raise MedsegError(f"{label_path.name}: label value {int(case.labels.min())} is negative; labels are 0 "
+                          "(background) and 1, 2, ... (mark unlabelled regions with dataset.json's 'ignore' label)")
     case.labels = case.labels.astype(np.min_scalar_type(int(case.labels.max())), copy=False)
     return case
 

@@ -10,7 +10,6 @@ An adapter owns the network of a `LoadedModel` and exposes to the trainer:
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,10 +48,12 @@ def _to_device(value, device):
 
 
 def atomic_torch_save(obj, path: Path) -> Path:
+    """``torch.save`` through napari_medseg.atomic: durable, never half-written, umask permissions."""
+    from napari_medseg.atomic import replacing
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, temp)
-    os.replace(temp, path)
+    with replacing(path) as temp:
+        torch.save(obj, temp)
     return path
 
 

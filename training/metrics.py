@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
+
+from napari_medseg.atomic import atomic_write_text
 
 
 class MetricsFile:
@@ -23,10 +24,7 @@ class MetricsFile:
         if not force and time.monotonic() - self._written < 1.0:
             return
         self._written = time.monotonic()
-        handle, temp = tempfile.mkstemp(prefix=".metrics.", dir=self.path.parent)
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(self.content, stream)
-        os.replace(temp, self.path)
+        atomic_write_text(self.path, json.dumps(self.content))
 
 
 def update_metrics(path: str | Path, **fields) -> None:

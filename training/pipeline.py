@@ -85,6 +85,7 @@ def _fine_tune(context, model, out_dir, store, images, labels, cases, init, scra
     if not cases:
         raise MedsegError(f"No usable labelled images in the {source}")
     train_cases, val_cases = split_cases(cases, val_fraction, config.seed)
+    on_training = any(case is held for case in train_cases for held in val_cases)  # a single 2-D image
     loaded = initial_model(card, init, scratch, cases, options.architecture)
     adapter = make_adapter(loaded, card.id, context.device, options, class_names(cases))
     adapter.prepare(train_cases, val_cases, progress=progress, cancel=cancel)
@@ -107,7 +108,7 @@ def _fine_tune(context, model, out_dir, store, images, labels, cases, init, scra
     summary = {"base_model": card.id, "family": adapter.family, "weights": str(result.weights) if result.weights else None,
                "baseline_dice": baseline, "best_dice": result.best_dice, "best_epoch": result.best_epoch,
                "epochs": result.epochs, "steps": result.steps, "elapsed_s": round(result.elapsed, 1),
-               "stopped": result.stopped, "model_id": None}
+               "stopped": result.stopped, "validation_on_training": on_training, "model_id": None}
     if context.rank == 0:
         log(f"trained {result.steps} steps ({result.epochs} epochs, stopped by {result.stopped}); best validation "
             f"Dice {result.best_dice if result.best_dice is None else round(result.best_dice, 4)}")
@@ -118,7 +119,7 @@ def _fine_tune(context, model, out_dir, store, images, labels, cases, init, scra
                          "validation_samples": adapter.validation_count()},
                 "epochs": result.epochs, "steps": result.steps, "stopped": result.stopped,
                 "metrics": {"val_dice_before": baseline, "val_dice_best": result.best_dice,
-                            "best_epoch": result.best_epoch},
+                            "best_epoch": result.best_epoch, "validation_on_training": on_training},
                 "training": {k: v for k, v in asdict(config).items() if v is not None},
                 "options": asdict(options),
                 "devices": f"{context.device} x {context.world}",

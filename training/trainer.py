@@ -14,7 +14,6 @@ exactly the batches the interrupted run would have seen, on any number of ranks.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -98,9 +97,9 @@ class StepBatches(torch.utils.data.Dataset):
 
 
 def _atomic_save(obj, path: Path) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, temp)
-    os.replace(temp, path)
+    from .families import atomic_torch_save
+
+    atomic_torch_save(obj, path)
 
 
 def _cpu_state(module: torch.nn.Module) -> dict:

@@ -7,25 +7,19 @@ stops it after saving a resumable state). The widget follows the process through
 """
 from __future__ import annotations
 
-import hashlib
+import math
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from qtpy.QtCore import QTimer, Signal
-from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
-    QPushButton, QSpinBox, QVBoxLayout, QWidget,
-)
 
 from ..errors import MedsegError
-from .combos import fill_combo
-from .layers import META_KEY, labels_layer_kwargs, reference_image
-
-BUDGET_UNITS = {"epochs": "--epochs", "minutes": "--time", "steps": "--steps"}
+from ..progress import format_duration
+from .finetune_controls import FinetuneControls
+from .finetune_gui import BUDGET_UNITS
 
 
 @dataclass
@@ -38,300 +32,55 @@ class TrainingRun:
     returncode: int | None = None
 
 
-def layer_image(layer):
-    """The `Image` (with geometry, modality, intensity) behind a napari image layer."""
-    image = reference_image(np.asarray(layer.data), layer.metadata, {
-        "scale": layer.scale, "translate": layer.translate, "affine": layer.affine.affine_matrix})
-    info = layer.metadata.get(META_KEY, {})
-    image.modality = info.get("modality", image.modality)
-    image.intensity = "rgb" if layer.rgb else info.get("intensity", "raw")
-    if layer.rgb:
-        image = image.with_array(np.asarray(layer.data), channel_axis=-1, intensity="rgb")
-    return image
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def _digest(array: np.ndarray) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(array).view(np.uint8).reshape(-1), digest_size=16).hexdigest()
+def progress_texts(metrics: dict, model_id: str, budget_s: float) -> tuple[float, str, str]:
+    """(fraction done, progress bar format, status line) for a running training's metrics.json.
+
+    Until the first finite loss exists the status says "starting…" (the first poll used to read "loss nan")."""
+    steps, step = metrics.get("steps"), metrics.get("step", 0)
+    fraction = step / steps if steps else min(1.0, metrics.get("elapsed_s", 0) / budget_s)
+    eta = metrics.get("eta_s")
+    eta_text = f", ETA {format_duration(eta)}" if _finite(eta) else ""
+    bar = (f"epoch {metrics.get('epoch', 0)}" + (f"/{metrics['epochs']}" if metrics.get("epochs") else "")
+           + f"  %p%{eta_text}")
+    loss = metrics.get("loss")
+    seen = _finite(loss) or any(_finite(value) for _, value in metrics.get("loss_steps", []))
+    best = (metrics.get("best") or {}).get("dice")
+    status = f"{metrics['status'].capitalize()} {model_id}: " + (f"loss {loss:.4f}" if seen else "starting…")
+    return fraction, bar, status + (f", best validation Dice {best:.3f}" if _finite(best) else "")
 
 
-class FinetuneWidget(QWidget):
+def result_text(model_id: str, summary: dict) -> str:
+    """A finished run's model with the validation Dice before and after, and what it was measured on."""
+    before, after = summary.get("baseline_dice"), summary.get("best_dice")
+    if not (_finite(before) and _finite(after)):
+        return model_id
+    text = f"{model_id} (validation Dice {before:.3f} -> {after:.3f}"
+    if summary.get("validation_on_training"):
+        return text + " measured on the training image: label a second image for a held-out score)"
+    return text + ")"
+
+
+class FinetuneWidget(FinetuneControls):
+    """The dock: layout (finetune_gui) and layer/store glue (finetune_controls), plus the training process."""
+
     model_trained = Signal(str)  # the registered model's id
 
     def __init__(self, napari_viewer):
-        super().__init__()
-        self.viewer = napari_viewer
-        self.store = None
+        from ..models.registry import list_cards
+        from ..training import TRAINABLE_FAMILIES
+
+        super().__init__(napari_viewer, [card for card in list_cards() if card.family in TRAINABLE_FAMILIES])
         self.run: TrainingRun | None = None
-        self._saved: dict[str, str] = {}  # labels layer name -> digest of what was last saved
-        self._prompts_saved: dict[str, int] = {}  # labels layer name -> prompts already stored
-        self._reviewed: dict[str, set[int]] = {}  # labels layer name -> slices marked reviewed
         self._plotted = None
-        self._build()
-        self.viewer.layers.events.inserted.connect(self._layer_inserted)
-        self.viewer.layers.events.removed.connect(self._refresh_layers)
-        self._refresh_layers()
-        self.autosave_timer = QTimer(self)
-        self.autosave_timer.timeout.connect(self.autosave)
         self.poll_timer = QTimer(self)
         self.poll_timer.setInterval(500)
         self.poll_timer.timeout.connect(self._poll)
-        self._autosave_changed()
-
-    # ---- layout -----------------------------------------------------------------------------
-    def _build(self) -> None:
-        from ..models.registry import TASK_LABELS, list_cards
-        from ..training import TRAINABLE_FAMILIES
-
-        self.project_edit = QLineEdit()
-        self.project_edit.setPlaceholderText("choose a project folder")
-        self.project_edit.setReadOnly(True)
-        self.project_button = QPushButton("Choose...")
-        self.image_combo, self.labels_combo = QComboBox(), QComboBox()
-        self.autosave_check = QCheckBox("Auto-save every")
-        self.autosave_check.setChecked(True)
-        self.autosave_spin = QSpinBox()
-        self.autosave_spin.setRange(5, 3600)
-        self.autosave_spin.setValue(60)
-        self.autosave_spin.setSuffix(" s")
-        self.save_button = QPushButton("Save labels now")
-        self.reviewed_button = QPushButton("Mark displayed slice reviewed")
-        self.reviewed_button.setToolTip("Reviewed slices are trained on, empty ones as background")
-        self.counts_label = QLabel()
-        self.counts_label.setWordWrap(True)
-        store_box = QGroupBox("Annotation store")
-        form = QFormLayout(store_box)
-        row = QHBoxLayout()
-        row.addWidget(self.project_edit, 1)
-        row.addWidget(self.project_button)
-        form.addRow("Project", row)
-        form.addRow("Image", self.image_combo)
-        form.addRow("Labels", self.labels_combo)
-        row = QHBoxLayout()
-        row.addWidget(self.autosave_check)
-        row.addWidget(self.autosave_spin)
-        form.addRow(row)
-        row = QHBoxLayout()
-        row.addWidget(self.save_button)
-        row.addWidget(self.reviewed_button)
-        form.addRow(row)
-        form.addRow(self.counts_label)
-
-        self.model_combo = QComboBox()
-        for card in list_cards():
-            if card.family in TRAINABLE_FAMILIES:
-                self.model_combo.addItem(f"{card.name}  [{TASK_LABELS[card.task]}]", card.id)
-        self.budget_spin = QSpinBox()
-        self.budget_spin.setRange(1, 100000)
-        self.budget_spin.setValue(10)
-        self.budget_unit = QComboBox()
-        self.budget_unit.addItems(list(BUDGET_UNITS))
-        self.batch_spin = QSpinBox()
-        self.batch_spin.setRange(1, 256)
-        self.batch_spin.setValue(4)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", "cpu", "cuda"])
-        self.encoder_check = QCheckBox("Also fine-tune the image encoder (prompt models; slower)")
-        self.scratch_check = QCheckBox("Start from a new network (automatic models without weights)")
-        self.name_edit = QLineEdit()
-        self.name_edit.setPlaceholderText("new model id (default: <model>-ft-<date>)")
-        self.train_button = QPushButton("Fine-tune on my labels")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.bar = QProgressBar()
-        self.bar.setTextVisible(True)
-        self.status_label = QLabel("Idle")
-        self.status_label.setWordWrap(True)
-        train_box = QGroupBox("Fine-tune")
-        form = QFormLayout(train_box)
-        form.addRow("Model", self.model_combo)
-        row = QHBoxLayout()
-        row.addWidget(self.budget_spin)
-        row.addWidget(self.budget_unit)
-        form.addRow("Budget", row)
-        form.addRow("Batch size", self.batch_spin)
-        form.addRow("Device", self.device_combo)
-        form.addRow(self.encoder_check)
-        form.addRow(self.scratch_check)
-        form.addRow("Name", self.name_edit)
-        row = QHBoxLayout()
-        row.addWidget(self.train_button, 1)
-        row.addWidget(self.cancel_button)
-        form.addRow(row)
-        form.addRow(self.bar)
-        form.addRow(self.status_label)
-        self.canvas = self._make_plot()
-        form.addRow(self.canvas)
-
-        layout = QVBoxLayout(self)
-        layout.addWidget(store_box)
-        layout.addWidget(train_box)
-        layout.addStretch(1)
-        self.project_button.clicked.connect(self.choose_project)
-        self.save_button.clicked.connect(lambda: self.save_labels(notify=True))
-        self.reviewed_button.clicked.connect(self.mark_reviewed)
-        self.autosave_check.toggled.connect(self._autosave_changed)
-        self.autosave_spin.valueChanged.connect(self._autosave_changed)
         self.train_button.clicked.connect(self.start_training)
         self.cancel_button.clicked.connect(self.cancel_training)
-        self.labels_combo.currentTextChanged.connect(lambda *_: self.refresh_counts())
-
-    def _make_plot(self):
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        figure = Figure(figsize=(4, 2.4), tight_layout=True)
-        self.loss_axes = figure.add_subplot(111)
-        self.dice_axes = self.loss_axes.twinx()
-        canvas = FigureCanvasQTAgg(figure)
-        canvas.setMinimumHeight(180)
-        return canvas
-
-    def _notify(self, level: str, message: str) -> None:
-        from napari.utils import notifications
-
-        {"error": notifications.show_error, "warning": notifications.show_warning}.get(
-            level, notifications.show_info)(message)
-
-    # ---- layers -----------------------------------------------------------------------------
-    def _layers(self, kind):
-        from napari.layers import Image, Labels
-
-        cls = Image if kind == "image" else Labels
-        return [layer for layer in self.viewer.layers if isinstance(layer, cls)]
-
-    def _refresh_layers(self, *_):
-        fill_combo(self.image_combo, [layer.name for layer in self._layers("image")])
-        fill_combo(self.labels_combo, [layer.name for layer in self._layers("labels")])
-        self.refresh_counts()
-
-    def _layer_inserted(self, event):
-        from napari.layers import Image
-
-        self._refresh_layers()
-        if self.store is not None and isinstance(event.value, Image):
-            self.restore_labels(event.value)
-
-    def _selected(self):
-        image_name, labels_name = self.image_combo.currentText(), self.labels_combo.currentText()
-        if image_name not in self.viewer.layers or labels_name not in self.viewer.layers:
-            raise MedsegError("Open an image and a labels layer (draw or segment something) first")
-        image_layer, labels_layer = self.viewer.layers[image_name], self.viewer.layers[labels_name]
-        image = layer_image(image_layer)
-        if labels_layer.data.shape != image.spatial_shape:
-            raise MedsegError(f"Labels {labels_layer.name!r} do not have the shape of image {image_layer.name!r}")
-        return image_layer, labels_layer, image
-
-    # ---- annotation store -------------------------------------------------------------------
-    def choose_project(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Annotation project folder (new or existing)")
-        if folder:
-            self.open_project(folder)
-
-    def open_project(self, folder) -> None:
-        from ..training.store import AnnotationStore
-
-        try:
-            self.store = AnnotationStore(folder)
-        except MedsegError as exc:
-            return self._notify("error", str(exc))
-        self.project_edit.setText(str(self.store.folder))
-        for layer in self._layers("image"):
-            self.restore_labels(layer)
-        self.refresh_counts()
-
-    def restore_labels(self, image_layer) -> None:
-        """Put back the saved labels of an image opened again (as a new labels layer)."""
-        from napari.layers import Labels
-
-        name = f"{image_layer.name} labels"
-        if name in self.viewer.layers:
-            return
-        image = layer_image(image_layer)
-        entry = self.store.find(image)
-        if entry is None:
-            return
-        labels = self.store.read_labels(entry)
-        kwargs = labels_layer_kwargs(image, name, label_names=entry.classes)
-        layer = self.viewer.add_layer(Labels(labels.astype(np.uint16), **kwargs))
-        self._saved[layer.name] = _digest(layer.data)
-        self._reviewed[layer.name] = set(entry.reviewed.get("slices", []))
-        self._notify("info", f"Restored the saved labels of {image_layer.name} from the project")
-
-    def save_labels(self, notify: bool = False) -> bool:
-        """Save the selected labels layer (with its image) into the store if it changed; True when saved."""
-        if self.store is None:
-            if notify:
-                self._notify("warning", "Choose a project folder for the annotation store first")
-            return False
-        try:
-            _, labels_layer, image = self._selected()
-        except MedsegError as exc:
-            if notify:
-                self._notify("warning", str(exc))
-            return False
-        data = np.asarray(labels_layer.data)
-        digest = _digest(data)
-        if self._saved.get(labels_layer.name) == digest and not notify:
-            return False
-        names = labels_layer.metadata.get(META_KEY, {}).get("label_names") or {}
-        reviewed = None
-        if data.ndim == 3:
-            from ..training.store import labelled_slices
-
-            reviewed = {"all": False, "slices": sorted(set(labelled_slices(data)) | self._reviewed.get(labels_layer.name, set()))}
-        # prompts (boxes, points, reports) recorded by the Segment widget; each is stored once
-        prompts = labels_layer.metadata.get(META_KEY, {}).get("prompts", [])
-        new_prompts = prompts[self._prompts_saved.get(labels_layer.name, 0):]
-        reports = [p["report"] for p in prompts if p.get("report")]
-        try:
-            self.store.save(image, data, classes={int(k): str(v) for k, v in names.items()}, reviewed=reviewed,
-                            prompts=new_prompts or None, report=reports[-1] if reports else None)
-        except MedsegError as exc:
-            self._notify("error", f"Could not save the labels: {exc}")
-            return False
-        self._saved[labels_layer.name] = digest
-        self._prompts_saved[labels_layer.name] = len(prompts)
-        self.refresh_counts()
-        if notify:
-            self._notify("info", f"Saved {labels_layer.name} to {self.store.folder.name}")
-        return True
-
-    def autosave(self) -> None:
-        if self.store is not None and self.labels_combo.currentText():
-            self.save_labels()
-
-    def _autosave_changed(self, *_):
-        self.autosave_timer.stop()
-        if self.autosave_check.isChecked():
-            self.autosave_timer.start(self.autosave_spin.value() * 1000)
-
-    def mark_reviewed(self) -> None:
-        try:
-            _, labels_layer, _ = self._selected()
-        except MedsegError as exc:
-            return self._notify("warning", str(exc))
-        if labels_layer.ndim != 3:
-            return self._notify("info", "A 2-D image is reviewed as a whole")
-        index = int(round(labels_layer.world_to_data(self.viewer.dims.point)[0]))
-        self._reviewed.setdefault(labels_layer.name, set()).add(index)
-        self._saved.pop(labels_layer.name, None)
-        self.save_labels()
-
-    def refresh_counts(self) -> None:
-        from ..training.store import labelled_slices
-
-        parts = []
-        if self.store is not None:
-            summary = self.store.summary()
-            parts.append(f"Project: {summary['images']} image(s) — {summary['reviewed_slices']} reviewed slice(s) in "
-                         f"{summary['volumes']} volume(s), {summary['images_2d']} 2-D image(s)")
-            if summary["skipped"]:
-                parts.append(f"{len(summary['skipped'])} damaged entr(ies) skipped: {summary['skipped'][0]}")
-        for layer in self._layers("labels"):
-            data = np.asarray(layer.data)
-            count = len(labelled_slices(data)) if data.ndim == 3 else int(data.any())
-            parts.append(f"Open layer {layer.name}: {count} labelled {'slice' if data.ndim == 3 else 'image'}(s)")
-        self.counts_label.setText("\n".join(parts) or "Nothing labelled yet")
 
     # ---- training ---------------------------------------------------------------------------
     def select_model(self, model_id: str) -> bool:
@@ -383,7 +132,10 @@ class FinetuneWidget(QWidget):
         self.train_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.bar.setRange(0, 0)
-        self.status_label.setText(("Resuming" if resumable else "Starting") + f" {self.run.model_id}...")
+        self.status_label.setText(("Resuming" if resumable else "Starting") + f" {self.run.model_id}…")
+        self.store_group.collapse(animate=False)  # room for the progress and the plot on small screens
+        self.options_group.collapse(animate=False)
+        self.plot_group.expand(animate=False)
         self.poll_timer.start()
 
     @property
@@ -441,47 +193,15 @@ class FinetuneWidget(QWidget):
     def _show_progress(self, metrics: dict) -> None:
         if metrics.get("status") not in ("training", "saving", "trained", "finished"):
             return
-        steps, step = metrics.get("steps"), metrics.get("step", 0)
-        if steps:
-            fraction = step / steps
-        else:
-            budget = self.budget_spin.value() * 60
-            fraction = min(1.0, metrics.get("elapsed_s", 0) / budget)
+        fraction, bar, status = progress_texts(metrics, self.run.model_id, self.budget_spin.value() * 60)
         self.bar.setRange(0, 100)
         self.bar.setValue(int(100 * fraction))
-        eta = metrics.get("eta_s")
-        eta_text = f", ETA {eta // 60:.0f} min {eta % 60:.0f} s" if eta is not None else ""
-        best = (metrics.get("best") or {}).get("dice")
-        self.bar.setFormat(f"epoch {metrics.get('epoch', 0)}" + (f"/{metrics['epochs']}" if metrics.get("epochs") else "")
-                           + f"  %p%{eta_text}")
-        self.status_label.setText(f"{metrics['status'].capitalize()} {self.run.model_id}: loss "
-                                  f"{metrics.get('loss', float('nan')):.4f}"
-                                  + (f", best validation Dice {best:.3f}" if best is not None else ""))
-        self._plot(metrics)
-
-    def _plot(self, metrics: dict) -> None:
+        self.bar.setFormat(bar)
+        self.status_label.setText(status)
         key = (len(metrics.get("history", [])), len(metrics.get("loss_steps", [])))
-        if key == self._plotted:
-            return
-        self._plotted = key
-        self.loss_axes.clear()
-        self.dice_axes.clear()
-        steps = metrics.get("loss_steps", [])
-        if steps:
-            self.loss_axes.plot([s for s, _ in steps], [v for _, v in steps], color="tab:blue", label="loss")
-        history = [h for h in metrics.get("history", []) if h.get("val_dice") is not None]
-        if history:
-            self.dice_axes.plot([h["step"] for h in history], [h["val_dice"] for h in history], "o-",
-                                color="tab:orange", label="validation Dice")
-        if metrics.get("baseline_dice") is not None:
-            self.dice_axes.axhline(metrics["baseline_dice"], color="tab:orange", linestyle=":", linewidth=1)
-        self.loss_axes.set_xlabel("step")
-        self.loss_axes.set_ylabel("loss", color="tab:blue")
-        self.dice_axes.yaxis.tick_right()  # clear() put the twin axis back on the left
-        self.dice_axes.yaxis.set_label_position("right")
-        self.dice_axes.set_ylabel("validation Dice", color="tab:orange")
-        self.dice_axes.set_ylim(0, 1)
-        self.canvas.draw_idle()
+        if key != self._plotted:
+            self._plotted = key
+            self.plot(metrics)
 
     def _finished(self, metrics: dict) -> None:
         from ..models.registry import TASK_LABELS, get_card
@@ -492,13 +212,11 @@ class FinetuneWidget(QWidget):
             self.model_combo.addItem(f"{card.name}  [{TASK_LABELS[card.task]}]", model_id)
         self.model_combo.setCurrentIndex(self.model_combo.findData(model_id))
         self._select_in_segment_widgets(card)
-        summary = metrics.get("summary", {})
-        before, after = summary.get("baseline_dice"), summary.get("best_dice")
-        scores = f" (validation Dice {before:.3f} -> {after:.3f})" if before is not None and after is not None else ""
-        self.status_label.setText(f"Registered {model_id}{scores}. It is selected: run it on the image.")
+        result = result_text(model_id, metrics.get("summary", {}))
+        self.status_label.setText(f"Registered {result}. It is selected: run it on the image.")
         self.bar.setValue(100)
         self.bar.setFormat("done")
-        self._notify("info", f"New model {model_id}{scores}")
+        self._notify("info", f"New model {result}")
         self.model_trained.emit(model_id)
 
     def _select_in_segment_widgets(self, card) -> None:

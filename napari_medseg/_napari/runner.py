@@ -3,7 +3,9 @@ logs meanwhile (a float32 fallback, a smaller batch after running out of GPU mem
 
 Every worker of ours comes from ``create_worker`` here: errors never re-raise on the GUI thread (superqt's
 default, which shows each failure twice and aborts a process without napari's error hook), and each worker
-is tracked until it has finished so that ``wait_for_workers`` can be called before a viewer closes."""
+is tracked until it has finished. Closing a main window cancels the tasks of the TaskRunners inside it and
+waits for them and for the unowned workers (the device listing): a worker thread that outlives its window
+emits into deleted signal objects and aborts the process (exit 134)."""
 from __future__ import annotations
 
 import logging
@@ -11,26 +13,78 @@ import threading
 import traceback
 from typing import Callable
 
-from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QWidget
+from qtpy.QtCore import QEvent, QObject, Signal
+from qtpy.QtWidgets import QApplication, QHBoxLayout, QMainWindow, QProgressBar, QPushButton, QWidget
 
 log = logging.getLogger(__name__)
-_live: set = set()  # workers started and not yet finished (their finished signal not yet delivered)
+# workers started and not yet finished (their finished signal not yet delivered) -> the TaskRunner that
+# can cancel them, or None
+_live: dict = {}
+CLOSE_TIMEOUT_MS = 120000  # how long closing a window waits for its workers (a model load can take 30 s)
 
 
-def create_worker(fn: Callable, *args, **kwargs):
+def create_worker(fn: Callable, *args, _owner: "TaskRunner | None" = None, **kwargs):
     """A superqt worker (not started) whose errors are logged once, never re-raised; tracked until finished.
 
     Python warnings raised in the thread are logged too (napari's worker would show them as notifications).
+    Every main window open now waits for it before closing (and cancels it first if ``_owner`` is inside).
     """
     from superqt.utils import create_worker as superqt_worker
 
     worker = superqt_worker(fn, *args, _start_thread=False, _ignore_errors=True, **kwargs)
-    _live.add(worker)
+    _live[worker] = _owner
     worker.errored.connect(lambda exc: _log_unexpected(exc))
     worker.warned.connect(lambda w: log.warning("%s", w[0]))
-    worker.finished.connect(lambda: _live.discard(worker))
+    worker.finished.connect(lambda: _live.pop(worker, None))
+    _guard_windows()
     return worker
+
+
+class _CloseGuard(QObject):
+    """Event filter on main windows: once the window's own close handler accepts (napari may ask the user
+    first), the window's tasks are cancelled and, with the unowned workers, waited for."""
+
+    def eventFilter(self, window, event) -> bool:
+        if event.type() != QEvent.Type.Close or not _live:
+            return False
+        window.event(event)  # the window's own handling (napari may ask the user, and cleans up) comes first
+        if event.isAccepted():
+            stop_workers(window)
+        return True  # handled: Qt closes the window only if the event is accepted
+
+
+_guard: _CloseGuard | None = None
+
+
+def _guard_windows() -> None:
+    global _guard
+    app = QApplication.instance()
+    if app is None:
+        return
+    if _guard is None:
+        _guard = _CloseGuard(app)
+    for widget in app.topLevelWidgets():
+        if isinstance(widget, QMainWindow):
+            widget.installEventFilter(_guard)  # installing again is a no-op (it only moves the filter first)
+
+
+def _inside(window: QWidget, runner) -> bool:
+    try:
+        return window.isAncestorOf(runner)
+    except RuntimeError:  # the runner's widget is already deleted
+        return False
+
+
+def stop_workers(window: QWidget, timeout_ms: int = CLOSE_TIMEOUT_MS) -> bool:
+    """Cancel the tasks of the TaskRunners inside ``window``, then wait for them and for every unowned
+    worker; True if none of them is left."""
+    mine = [worker for worker, runner in list(_live.items()) if runner is None or _inside(window, runner)]
+    for runner in {runner for worker, runner in list(_live.items()) if worker in mine and runner is not None}:
+        runner.cancel()
+    if not wait_for_workers(timeout_ms, mine):
+        log.warning("Closing with %d background task(s) still running", sum(w in _live for w in mine))
+        return False
+    return True
 
 
 def _log_unexpected(exc: BaseException) -> None:
@@ -40,16 +94,20 @@ def _log_unexpected(exc: BaseException) -> None:
         log.error("Background task failed", exc_info=(type(exc), exc, exc.__traceback__))
 
 
-def wait_for_workers(timeout_ms: int = 60000) -> bool:
-    """Process events until every worker has finished and its signals are delivered; True if none is left."""
+def wait_for_workers(timeout_ms: int = 60000, workers=None) -> bool:
+    """Process events until every worker (or those of ``workers``) has finished and its signals are
+    delivered; True if none is left."""
     from qtpy.QtCore import QCoreApplication, QElapsedTimer
+
+    def left():
+        return [w for w in _live if workers is None or w in workers]
 
     timer = QElapsedTimer()
     timer.start()
-    while _live and timer.elapsed() < timeout_ms:
+    while left() and timer.elapsed() < timeout_ms:
         QCoreApplication.processEvents()
         threading.Event().wait(0.01)
-    return not _live
+    return not left()
 
 
 class _Bridge(QObject):
@@ -147,7 +205,7 @@ class TaskRunner(QWidget):
             if on_finally:
                 on_finally()
 
-        worker = create_worker(job)
+        worker = create_worker(job, _owner=self)
         worker.returned.connect(on_done)
         worker.errored.connect(errored)
         worker.finished.connect(finished)

@@ -17,7 +17,6 @@ exactly its training window (128^3 for official files; ``roi_size`` in the metad
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import PatchMergingV2, SwinUNETR, WindowAttention
 
+from ..atomic import replacing
 from ..errors import CheckpointError
 from .families import load_strict
 from .loaded import LoadedModel
@@ -263,7 +263,6 @@ def save_swin_smt_checkpoint(
     preprocessing_from(metadata)  # validate before writing
     path = Path(path)
     weights = {k: v.detach().cpu() for k, v in network.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"network_weights": weights, "medseg": metadata}, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as temp:
+        torch.save({"network_weights": weights, "medseg": metadata}, temp)
     return path

@@ -98,3 +98,16 @@ def test_deep_supervision_weights_and_downsampled_targets():
     assert loss < 0.01
     loss.backward()
     assert all(o.grad is not None for o in outputs)  # the weight-0 head stays in the graph
+
+
+def test_negative_training_labels_are_refused(tmp_path, make_volume):
+    """-1 became class 255 (an unsigned copy of the labels)."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    image, labels = make_volume()
+    labels = labels.astype(np.int16)
+    labels[0, 0, 0] = -1
+    write_image_copy(image, tmp_path / "images" / "case0.nii.gz")
+    write_image_copy(image.with_array(labels), tmp_path / "labels" / "case0.nii.gz")
+    with pytest.raises(MedsegError, match="case0.nii.gz: label value -1 is negative"):
+        cases_from_folders(tmp_path / "images", tmp_path / "labels")

@@ -73,3 +73,71 @@ def test_saved_labels_come_back_when_the_image_is_opened_again(viewer_widgets, m
     restored = viewer.layers["brain labels"]
     np.testing.assert_array_equal(restored.data[90], labels[90])
     assert not restored.data[91].any()
+
+
+def _poll_with(widget, tmp_path, **metrics):
+    import json
+
+    from napari_medseg._napari.finetune import TrainingRun
+
+    widget.run = widget.run or TrainingRun(tmp_path, "wm-status", "digest")
+    (tmp_path / "metrics.json").write_text(json.dumps({"history": [], "loss_steps": [], **metrics}))
+    widget._poll()
+    return widget.status_label.text(), widget.bar.format()
+
+
+def test_status_says_starting_until_a_loss_exists_and_eta_reads_whole_units(viewer_widgets, tmp_path):
+    _, _, widget = viewer_widgets
+    status, bar = _poll_with(widget, tmp_path, status="training", steps=10, step=0, epochs=None, eta_s=119.7)
+    assert status == "Training wm-status: starting…"  # was "loss nan"
+    assert bar.endswith("ETA 2 min")  # was "1 min 60 s"
+    status, bar = _poll_with(widget, tmp_path, status="training", steps=10, step=3, epoch=1, loss=0.25,
+                             loss_steps=[[3, 0.25]], eta_s=3599.9)
+    assert status == "Training wm-status: loss 0.2500" and bar == "epoch 1  %p%, ETA 1 h"
+
+
+def test_fine_tune_dock_fits_1366x768_beside_the_segment_widget(make_napari_viewer):
+    """Stacked, the two docks made the window at least 1383 px high: controls and plot were off-screen."""
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample(PLUGIN, "ct")
+    _, segment_widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    widget = segment_widget.open_finetune()
+    window = viewer.window._qt_window
+    window.resize(1366, 768)
+    for _ in range(10):
+        QApplication.processEvents()
+    assert (window.width(), window.height()) == (1366, 768)
+    assert not widget.train_button.visibleRegion().isEmpty()  # the dock is shown, its button on screen
+    widget.scroll_area.ensureWidgetVisible(widget.canvas)
+    QApplication.processEvents()
+    assert not widget.canvas.visibleRegion().isEmpty()
+
+
+def test_one_image_toast_says_validation_used_the_training_image(viewer_widgets, mni, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    viewer, _, widget = viewer_widgets
+    t1, labels = mni
+    viewer.layers.clear()
+    viewer.add_image(t1.array[92], name="slice")
+    viewer.add_labels(labels[92].astype(np.uint16), name="slice labels")
+    widget.open_project(tmp_path / "project")
+    widget.image_combo.setCurrentText("slice")
+    widget.labels_combo.setCurrentText("slice labels")
+    widget.budget_unit.setCurrentText("steps")
+    widget.budget_spin.setValue(1)
+    widget.batch_spin.setValue(1)
+    widget.device_combo.setCurrentText("cpu")
+    widget.name_edit.setText("wm-one")
+    notes = []
+    notification_manager.notification_ready.connect(notes.append)
+    try:
+        widget.train_button.click()
+        assert widget.wait(600) == 0, widget.status_label.text()
+    finally:
+        notification_manager.notification_ready.disconnect(notes.append)
+    (message,) = [n.message for n in notes if n.message.startswith("New model wm-one")]
+    assert "measured on the training image" in message
+    assert get_card("wm-one").provenance["metrics"]["validation_on_training"] is True

@@ -129,3 +129,18 @@ def test_early_stopping_and_time_limit(tmp_path):
 
     result = train(DiskAdapter(), TrainConfig(time_limit=0.5, steps_per_epoch=1000, batch_size=2), tmp_path / "timed")
     assert result.stopped == "time limit" and 0 < result.steps < 1000 and len(result.history) == 1
+
+
+def test_trained_files_get_the_umask_permissions(tmp_path):
+    """Checkpoints, the exported model and metrics.json are readable as the umask allows (mkstemp gave 0600)."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        result = train(DiskAdapter(), TrainConfig(steps=3, batch_size=4, steps_per_epoch=3), tmp_path, resume=False)
+    finally:
+        os.umask(old)
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert {"best.pt", "last.pt", "metrics.json", str(result.weights.relative_to(tmp_path))} <= set(written)
+    assert {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in written} == dict.fromkeys(written, 0o644)
