@@ -225,10 +225,14 @@ class SegmentWidget(QWidget):
         return get_card(self.model_combo.currentData())
 
     def _model_changed(self, *_):
-        from ..models.weights import weight_status
+        from ..errors import CheckpointError
+        from ..models.weights import WeightStatus, weight_status
 
         card = self.card
-        status = weight_status(card)
+        try:
+            status = weight_status(card)
+        except CheckpointError as exc:  # a damaged install record: say so, reinstalling repairs it
+            status = WeightStatus("damaged", None, str(exc))
         self.model_status.setText(f"Weights: {status.state}" + (f" — {status.detail}" if status.detail else ""))
         self.model_status.setToolTip(card.description)
         prompt_model = card.task in ("box2d", "text2d")
