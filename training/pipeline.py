@@ -57,18 +57,23 @@ def load_cases(store: str | Path | None = None, images: str | Path | None = None
 def fine_tune(model: str, out_dir: str | Path, *, store=None, images=None, labels=None, cases: list[Case] | None = None,
               init=None, scratch: bool = False, config: TrainConfig | None = None, options: TrainOptions | None = None,
               device: str | None = None, name: str | None = None, register: bool = True, val_fraction: float = 0.2,
-              resume: bool = True, progress=None, cancel=None, log=print) -> dict:
-    """Train ``model`` (a registry id) on the given data; returns a summary (rank 0 registers the result)."""
+              resume: bool = True, progress=None, cancel=None, log=print, warn=None) -> dict:
+    """Train ``model`` (a registry id) on the given data; returns a summary (rank 0 registers the result).
+
+    ``warn(message)`` receives what reading the data warned about, one message per warning (default:
+    ``log("warning: ...")``).
+    """
     context = distributed.setup(device)
+    warn = warn or (lambda message: log(f"warning: {message}"))
     try:
         return _fine_tune(context, model, out_dir, store, images, labels, cases, init, scratch, config, options, name,
-                          register, val_fraction, resume, progress, cancel, log)
+                          register, val_fraction, resume, progress, cancel, log, warn)
     finally:
         distributed.cleanup()
 
 
 def _fine_tune(context, model, out_dir, store, images, labels, cases, init, scratch, config, options, name, register,
-               val_fraction, resume, progress, cancel, log) -> dict:
+               val_fraction, resume, progress, cancel, log, warn) -> dict:
     from napari_medseg.models.registry import get_card
 
     from .register import check_model_id, default_model_id, register_model
@@ -82,6 +87,9 @@ def _fine_tune(context, model, out_dir, store, images, labels, cases, init, scra
         cases, skipped, source = load_cases(store, images, labels, progress, cancel)
     for problem in skipped:
         log(f"skipped: {problem}")
+    for case in cases:
+        for message in case.warnings:
+            warn(f"{case.name}: {message}")
     if not cases:
         raise MedsegError(f"No usable labelled images in the {source}")
     train_cases, val_cases = split_cases(cases, val_fraction, config.seed)

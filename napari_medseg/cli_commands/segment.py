@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..batch import LABEL_FORMATS, CaseResult
+from ..cli import warn
 from ..errors import MedsegError, PromptError
 
 
@@ -60,6 +61,8 @@ def _print_case(result: CaseResult, index: int, total: int) -> None:
     detail = f" ({result.error})" if result.error else f" {result.seconds:.1f} s"
     prefix = f"[{index}/{total}] " if total else ""
     print(f"{prefix}{mark} {result.name} -> {result.output}{detail}", file=sys.stderr, flush=True)
+    for message in result.warnings:
+        warn(f"{result.name}: {message}")
 
 
 def _single_file_output(args, cases) -> Path | None:
@@ -124,6 +127,8 @@ def _run_single(args, case, target: Path, kwargs) -> int:
     from .progressbar import TerminalProgress
 
     image = read_image(case.source)
+    for message in image.metadata.get("warnings", []):
+        warn(f"{case.source.name}: {message}")
     loaded = load_model(args.model, weights=args.weights, device=args.device, **_load_options(args))
     result = segment(image, loaded, progress=TerminalProgress(), **kwargs)
     names = loaded.classes or {0: "background", 1: "object"}

@@ -110,6 +110,7 @@ def config_from_args(args):
 
 
 def run(args, cancel=None) -> int:
+    from napari_medseg.cli import warn
     from napari_medseg.errors import MedsegError
 
     if args.from_store and (args.images or args.labels):
@@ -128,6 +129,7 @@ def run(args, cancel=None) -> int:
         scratch=args.scratch, config=config, options=options, device=args.device, name=args.name,
         register=not args.no_register, val_fraction=args.val_fraction, resume=not args.no_resume,
         progress=TerminalProgress() if main else None, cancel=cancel, log=print if main else (lambda *_: None),
+        warn=warn if main else (lambda *_: None),
     )
     if main:
         print(f"weights: {summary['weights']}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli import warn
 from ..errors import MedsegError
 
 TABLE_METRICS = (("dice", "Dice"), ("iou", "IoU"), ("hd95", "HD95"), ("assd", "ASSD"), ("nsd", "NSD"))
@@ -80,6 +81,8 @@ def run(args) -> int:
         print(f"ignored {len(evaluation.unmatched)} prediction(s) without ground truth: {shown}", file=sys.stderr)
     for note in evaluation.notes:
         print(f"note: {note}", file=sys.stderr)
+    for message in evaluation.warnings:
+        warn(message)
     for path, write in ((args.csv, evaluation.write_csv), (args.json, evaluation.write_json)):
         if path:
             print(f"wrote {write(path)}")

@@ -149,6 +149,7 @@ class Evaluation:
     unmatched: list[str] = field(default_factory=list)  # predictions without GT
     failed: dict[str, str] = field(default_factory=dict)  # case -> why it could not be evaluated
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what reading the label maps warned about
 
     @property
     def complete(self) -> bool:
@@ -191,7 +192,7 @@ class Evaluation:
             },
             "summary": self.summary(),
             "missing_predictions": self.missing, "unmatched_predictions": self.unmatched,
-            "failed": self.failed, "notes": self.notes,
+            "failed": self.failed, "notes": self.notes, "warnings": self.warnings,
         })
 
     def write_json(self, path: Path | str) -> Path:
@@ -264,11 +265,18 @@ def _found_classes(pred: np.ndarray, gt: np.ndarray) -> dict[str, int]:
 
 
 def evaluate_case(name: str, pred_path: Path, gt_path: Path, classes: dict[str, int | None] | str,
-                  nsd_tolerance: float) -> tuple[CaseResult, list[str]]:
-    """Read one pair, check it shares a grid and measure it; also returns notes on it."""
+                  nsd_tolerance: float, warnings: list[str] | None = None) -> tuple[CaseResult, list[str]]:
+    """Read one pair, check it shares a grid and measure it; also returns notes on it. What reading the
+    files warned about is appended to ``warnings``, even when the case then fails."""
     from ..io import read_image
 
-    gt_image, pred_image = read_image(gt_path), read_image(pred_path)
+    def read(path: Path, role: str):
+        image = read_image(path)
+        if warnings is not None:
+            warnings.extend(f"{name}: {role} {path.name}: {message}" for message in image.metadata.get("warnings", []))
+        return image
+
+    gt_image, pred_image = read(gt_path, "ground truth"), read(pred_path, "prediction")
     gt, pred = label_array(gt_image, "ground truth"), label_array(pred_image, "prediction")
     check_same_grid(pred_image, gt_image, pred.shape, gt.shape)
     spacing = tuple(gt_image.spacing[::-1])
@@ -306,7 +314,7 @@ def evaluate(pred: Path | str, gt: Path | str, labels=None, nsd_tolerance: float
     steps = Progress(len(pairs), "Evaluating", progress, cancel)
     for name, pred_path, gt_path in pairs:
         try:
-            case, notes = evaluate_case(name, pred_path, gt_path, classes, nsd_tolerance)
+            case, notes = evaluate_case(name, pred_path, gt_path, classes, nsd_tolerance, result.warnings)
         except Cancelled:
             raise
         except MedsegError as exc:
