@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .atomic import atomic_write_text
 from .errors import MedsegError
 from .progress import CancelCheck, ProgressCallback
 
@@ -163,6 +163,7 @@ def write_manifest(path: Path, model: str, weights_sha256: str | None, device: s
         "counts": {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")},
         "cases": [asdict(r) for r in results],
     }
-    tmp = path.with_suffix(".json.part")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, path)
+    try:
+        atomic_write_text(path, json.dumps(manifest, indent=2))
+    except OSError as exc:
+        raise MedsegError(f"Cannot write the run manifest {path}: {exc.strerror or exc}") from None
