@@ -71,7 +71,7 @@ def check_prompts(image: Image | None, box: Sequence[float] | None = None,
             if len(point) == 3:
                 slice_index(point[2], image, "point")
                 sliced = True
-        hw = image.spatial_shape[-2:] if image is not None else (math.inf, math.inf)
+        hw = image.spatial_shape[-2:] if image is not None else None
         check_points([list(point[:2]) for point in points], hw, point_labels)
     if image is not None and image.ndim == 3 and (box is not None or points) and not sliced:
         raise PromptError("For a volume, give the slice index as the box's fifth number (x0,y0,x1,y1,z) "

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -161,3 +162,107 @@ def test_train_prints_read_warnings_before_the_model_loads(tmp_path, capsys, mon
     assert [line for line in err if line.startswith("medseg: warning:")] == [
         f"medseg: warning: {name}: {name}.png: transparency dropped" for name in ("a", "b")]
     assert err[-1] == "medseg: error: model loading reached"
+
+
+# --------------------------------------------------------------------------- inputs refused before the model loads
+
+def _no_model_may_load(monkeypatch):
+    import napari_medseg.models.load as load
+
+    monkeypatch.setattr(load, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+
+
+@pytest.fixture
+def images(tmp_path):
+    import nibabel as nib
+    import numpy as np
+    from PIL import Image as PILImage
+
+    PILImage.fromarray(np.full((40, 50), 100, np.uint8)).save(tmp_path / "photo.png")
+    nib.save(nib.Nifti1Image(np.ones((30, 20, 6), np.int16), np.eye(4)), tmp_path / "volume.nii.gz")
+    return tmp_path
+
+
+@pytest.mark.parametrize("image, prompt, message", [
+    ("photo.png", ["--point", "nan,3"], "finite"),
+    ("photo.png", ["--point", "3,inf"], "finite"),
+    ("photo.png", ["--point", "60,3"], "outside the 50x40 image"),
+    ("photo.png", ["--box", "1,1,20,20", "--negative-point", "5,-2"], "outside the 50x40 image"),
+    ("photo.png", ["--box", "1,1,20,20,0"], "2-D image has no slices"),
+    ("photo.png", ["--point", "3,3,1"], "2-D image has no slices"),
+    ("volume.nii.gz", ["--box", "1,1,10,10,2.5"], "whole number"),
+    ("volume.nii.gz", ["--box", "1,1,10,10,nan"], "whole number"),
+    ("volume.nii.gz", ["--point", "3,3,inf"], "whole number"),
+    ("volume.nii.gz", ["--box", "1,1,10,10,6"], "outside the volume (0..5)"),
+    ("volume.nii.gz", ["--point", "3,3"], "slice index"),
+])
+def test_bad_prompts_are_one_line_before_the_model_loads(image, prompt, message, images, capsys, monkeypatch):
+    _no_model_may_load(monkeypatch)
+    assert main(["segment", str(images / image), "-o", str(images / "mask.nii.gz"), *prompt]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_point_validator_is_the_predictors_too():
+    import numpy as np
+
+    from napari_medseg.errors import PromptError
+    from napari_medseg.inference.box2d import check_points
+
+    np.testing.assert_array_equal(check_points([[1, 2]], (10, 10), [1]), [[1.0, 2.0]])
+    for points, labels in (([[np.nan, 1]], None), ([[11, 1]], None), ([[1, 1]], [2]), ([[1, 1]], [1, 0])):
+        with pytest.raises(PromptError):
+            check_points(points, (10, 10), labels)
+
+
+@pytest.mark.parametrize("output, message", [
+    ("mask.jpg", ".jpg files cannot hold labels"),
+    ("mask.jpeg", ".jpeg files cannot hold labels"),
+    ("mask.bmp", ".bmp files cannot hold labels"),
+    ("mask.dcm", ".dcm files cannot hold labels"),
+])
+def test_lossy_or_non_label_output_is_refused_not_made_a_folder(output, message, images, capsys, monkeypatch):
+    _no_model_may_load(monkeypatch)
+    assert main(["segment", str(images / "photo.png"), "-o", str(images / output), "--box", "1,1,20,20"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (images / output).exists()
+
+
+def _read_only(folder, monkeypatch):
+    """``folder`` as on a read-only mount (permission bits do not stop root): creating files in it fails."""
+    import errno
+    import os
+    import tempfile
+
+    import napari_medseg.cli as cli
+
+    folder.mkdir(exist_ok=True)
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir).absolute().is_relative_to(folder):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(cli.tempfile, "mkstemp", mkstemp)
+    return folder
+
+
+def test_unwritable_outputs_are_refused_before_the_model_loads(images, capsys, monkeypatch):
+    _no_model_may_load(monkeypatch)
+    locked = _read_only(images / "locked", monkeypatch)
+    cases = [
+        (["-o", str(locked / "mask.png")], "-o: cannot write in"),
+        (["-o", str(images / "missing" / "mask.png")], "-o: folder"),
+        (["-o", str(locked / "out")], "-o: cannot write in"),
+        (["-o", str(images / "out"), "--manifest", str(locked / "run.json")], "--manifest: cannot write in"),
+        (["-o", str(images / "several.nii.gz"), str(images / "volume.nii.gz")], "names one file"),
+    ]
+    for argv, message in cases:
+        inputs = [str(images / "photo.png")] + [a for a in argv if a.endswith("volume.nii.gz")]
+        argv = [a for a in argv if not a.endswith("volume.nii.gz")]
+        assert main(["segment", *inputs, *argv, "--box", "1,1,20,20"]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, (argv, err)
+    assert not (images / "out").exists()

@@ -440,15 +440,15 @@ def clip_box(box, hw) -> np.ndarray:
 def check_points(points, hw, labels=None) -> np.ndarray:
     """(N, 2) points (x, y) in pixels of an image of size ``hw``, checked as `clip_box` checks boxes: every
     coordinate finite and inside the image (a point outside would silently give an empty mask), and
-    ``labels`` (if given) one 0 or 1 per point."""
+    ``labels`` (if given) one 0 or 1 per point. ``hw`` None checks all but the image's extent."""
     values = np.asarray(points, dtype=np.float64)
     if values.ndim != 2 or values.shape[1] != 2 or not len(values):
         raise PromptError(f"Points are (x, y) pairs, got {points!r}")
-    h, w = hw
+    h, w = hw if hw is not None else (np.inf, np.inf)
     for x, y in values:
         if not (np.isfinite(x) and np.isfinite(y)):
             raise PromptError(f"A point needs two finite numbers (x, y), got ({x:g}, {y:g})")
-        if not (0 <= x <= w and 0 <= y <= h):
+        if hw is not None and not (0 <= x <= w and 0 <= y <= h):
             raise PromptError(f"The point ({x:g}, {y:g}) lies outside the {w}x{h} image")
     if labels is not None:
         labels = np.asarray(labels).reshape(-1)
