@@ -266,3 +266,35 @@ def test_unwritable_outputs_are_refused_before_the_model_loads(images, capsys, m
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, (argv, err)
     assert not (images / "out").exists()
+
+
+def test_evaluate_outputs_are_checked_before_the_evaluation(images, capsys, monkeypatch):
+    import importlib
+
+    evaluate = importlib.import_module("napari_medseg.evaluation.evaluate")  # the package exports evaluate()
+    locked = _read_only(images / "locked", monkeypatch)
+    monkeypatch.setattr(evaluate, "evaluate", lambda *a, **k: pytest.fail("the evaluation ran"))
+    volume = str(images / "volume.nii.gz")
+    for option in ("--csv", "--json", "--report"):
+        for target, message in ((images / "missing" / "out", "folder"), (locked / "out", "cannot write in"),
+                                (images, "is a folder")):
+            assert main(["evaluate", volume, volume, option, str(target)]) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and f"{option}" in err and message in err, err
+
+
+def test_evaluate_tables_are_replaced_atomically(images, capsys, monkeypatch):
+    import napari_medseg.atomic as atomic
+
+    volume = str(images / "volume.nii.gz")
+    table = images / "metrics.json"
+    table.write_text("old")
+
+    def full_disk(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atomic, "write_fully", full_disk)
+    assert main(["evaluate", volume, volume, "--json", str(table)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "No space left on device" in err[-1] and "Traceback" not in "".join(err)
+    assert table.read_text() == "old" and sorted(p.name for p in images.glob("*metrics*")) == ["metrics.json"]

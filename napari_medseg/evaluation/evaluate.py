@@ -14,7 +14,7 @@ CSV and JSON values are rounded to six decimals.
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write_json, atomic_write_text
 from ..errors import Cancelled, ImageReadError, MedsegError
 from ..progress import CancelCheck, Progress, ProgressCallback
 from .metrics import METRICS, class_metrics, empty_metrics, summarize
@@ -196,19 +197,15 @@ class Evaluation:
         })
 
     def write_json(self, path: Path | str) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
-        return path
+        return atomic_write_json(path, self.to_dict())
 
     def write_csv(self, path: Path | str) -> Path:
-        path = Path(path)
         fields = ["case", "class", "label", *METRICS, "distance_unit", "volume_unit"]
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows({k: _rounded(v) if isinstance(v, float) else v for k, v in row.items()}
-                             for row in self.rows())
-        return path
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows({k: _rounded(v) if isinstance(v, float) else v for k, v in row.items()} for row in self.rows())
+        return atomic_write_text(path, table.getvalue())
 
 
 CONVENTIONS = (
