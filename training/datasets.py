@@ -149,7 +149,7 @@ def nnunet_cases(dataset: Path) -> list[Case]:
         report_file = dataset / "reports" / f"{case}.txt"
         report = report_file.read_text(encoding="utf-8").strip() if report_file.is_file() else ""
         cases.append(_checked(Case(case, image, labels, reviewed, report, dict(classes),
-                                   warned + _read_warnings(label_image)), label_path))
+                                   warned + _read_warnings(label_image)), label_path, set(classes) or None))
     if not cases:
         raise MedsegError(f"{dataset} holds no labelled cases (labelsTr/*{ending} with imagesTr/<case>_0000{ending})")
     return cases
@@ -177,12 +177,29 @@ def matched_cases(images: Path, labels: Path) -> list[Case]:
     return cases
 
 
-def _checked(case: Case, label_path: Path) -> Case:
-    if case.labels.shape != case.image.spatial_shape:
-        raise MedsegError(f"{label_path.name}: labels {case.labels.shape} do not match the image {case.image.spatial_shape}")
-    if case.labels.dtype.kind == "f":
-        case.labels = np.rint(case.labels).astype(np.int64)
-    case.labels = case.labels.astype(np.min_scalar_type(int(case.labels.max())), copy=False)
+def _checked(case: Case, label_path: Path, declared: set[int] | None = None) -> Case:
+    """The case with its labels in the smallest unsigned type; label maps that would be reinterpreted (fractional
+    or negative values, which a cast would wrap to 255, or values ``declared`` does not list) are refused."""
+    labels = case.labels
+    if labels.shape != case.image.spatial_shape:
+        raise MedsegError(f"{label_path.name}: labels {labels.shape} do not match the image {case.image.spatial_shape}")
+    if labels.dtype.kind == "f":
+        if not np.isfinite(labels).all() or not np.array_equal(labels, np.round(labels)):
+            raise MedsegError(f"{label_path.name}: label values must be whole numbers")
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind not in "iub":
+        raise MedsegError(f"{label_path.name}: labels must be integers, not {labels.dtype}")
+    low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    if low < 0:
+        raise MedsegError(f"{label_path.name}: label value {low} is negative; labels are 0 (background) "
+                          "and positive class values")
+    if declared is not None:
+        unknown = sorted(set(np.unique(labels).tolist()) - declared - {0})
+        if unknown:
+            shown = ", ".join(map(str, unknown[:8])) + (", ..." if len(unknown) > 8 else "")
+            raise MedsegError(f"{label_path.name}: label values {shown} are not among the dataset's classes "
+                              f"({', '.join(map(str, sorted(declared)))})")
+    case.labels = labels.astype(np.min_scalar_type(high), copy=False)
     return case
 
 

@@ -173,3 +173,47 @@ def test_train_out_that_is_a_file_is_refused(tmp_path, capsys, monkeypatch):
                  "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is a file" in err, err
+
+
+def _no_model_may_load(monkeypatch):
+    import napari_medseg.training.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "initial_model", lambda *a, **k: pytest.fail("the model loaded"))
+
+
+def _label_folders(tmp_path, label_values):
+    import nibabel as nib
+
+    for sub in ("images", "labels"):
+        (tmp_path / sub).mkdir(parents=True)
+    for index, value in enumerate(label_values):
+        labels = np.zeros((12, 10, 4), np.int16)
+        labels[2:6, 2:6] = value
+        nib.save(nib.Nifti1Image(np.ones((12, 10, 4), np.float32), np.eye(4)), tmp_path / "images" / f"c{index}.nii.gz")
+        nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / "labels" / f"c{index}.nii.gz")
+    return tmp_path / "images", tmp_path / "labels"
+
+
+def test_negative_training_labels_are_refused_not_wrapped(tmp_path, capsys, monkeypatch):
+    _no_model_may_load(monkeypatch)
+    images, labels = _label_folders(tmp_path, [1, -1])
+    assert main(["train", "--images", str(images), "--labels", str(labels), "--model", "lite-medsam",
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "c1.nii.gz: label value -1 is negative" in err, err
+
+
+def test_labels_outside_the_datasets_classes_are_refused(tmp_path, capsys, monkeypatch):
+    _no_model_may_load(monkeypatch)
+    images, labels = _label_folders(tmp_path / "Dataset001", [1, 3])
+    (tmp_path / "Dataset001" / "imagesTr").mkdir()
+    for path in sorted(images.iterdir()):
+        path.rename(tmp_path / "Dataset001" / "imagesTr" / path.name.replace(".nii.gz", "_0000.nii.gz"))
+    labels.rename(tmp_path / "Dataset001" / "labelsTr")
+    (tmp_path / "Dataset001" / "dataset.json").write_text(json.dumps(
+        {"channel_names": {"0": "MR"}, "labels": {"background": 0, "lesion": 1}, "numTraining": 2,
+         "file_ending": ".nii.gz"}))
+    assert main(["train", "--images", str(tmp_path / "Dataset001"), "--model", "lite-medsam",
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "c1.nii.gz: label values 3 are not among the dataset's classes" in err, err
