@@ -217,3 +217,86 @@ def test_labels_outside_the_datasets_classes_are_refused(tmp_path, capsys, monke
                  "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "c1.nii.gz: label values 3 are not among the dataset's classes" in err, err
+
+
+def _interrupted_run(images, labels, out, **changes):
+    """An --out folder holding a last.pt whose fingerprint matches (or, with ``changes``, differs from) the
+    run that ``medseg train --images images --labels labels --model lite-medsam`` starts."""
+    import torch
+
+    from napari_medseg.training.datasets import cases_from_folders, data_hash
+
+    out.mkdir()
+    fingerprint = {"model": "lite-medsam", "init": "registry", "data": data_hash(cases_from_folders(images, labels)),
+                   "val_fraction": 0.2, "batch": 4, "world": 1, **changes}
+    torch.save({"fingerprint": fingerprint, "step": 2}, out / "last.pt")
+    return out
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncated best", "best.pt: best.pt is corrupt or truncated"),
+    ("crafted best", "best.pt: best.pt needs arbitrary Python objects"),
+    ("list best", "best.pt: it does not hold the state of this run"),
+    ("truncated last", "last.pt: last.pt is corrupt or truncated"),
+    ("foreign run", "holds a run with other data or settings"),
+])
+def test_unusable_resume_state_is_one_line_before_the_model_loads(damage, message, tmp_path, capsys, monkeypatch):
+    import torch
+
+    _no_model_may_load(monkeypatch)
+    images, labels = _label_folders(tmp_path, [1, 1])
+    out = _interrupted_run(images, labels, tmp_path / "run", **({"data": "other"} if damage == "foreign run" else {}))
+    torch.save({"w": torch.ones(1000)}, out / "best.pt")
+    if damage == "truncated best":
+        (out / "best.pt").write_bytes((out / "best.pt").read_bytes()[:900])
+    elif damage == "crafted best":
+        torch.save({"w": Crafted()}, out / "best.pt")
+    elif damage == "list best":
+        torch.save([1, 2], out / "best.pt")
+    elif damage == "truncated last":
+        (out / "last.pt").write_bytes((out / "last.pt").read_bytes()[:300])
+    assert main(["train", "--images", str(images), "--labels", str(labels), "--model", "lite-medsam",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and "weights_only" not in err, err
+
+
+class Crafted:
+    pass
+
+
+def test_a_fine_tune_worse_than_its_start_is_saved_but_not_registered(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import napari_medseg.training.pipeline as pipeline
+    import napari_medseg.training.register as register
+    from napari_medseg.training.datasets import Case
+    from napari_medseg.training.trainer import TrainResult
+
+    class Adapter:  # the parts of a family adapter fine_tune uses, validating at 0.9 before training
+        family, task, classes = "lite_medsam", "box2d", {0: "background", 1: "object"}
+        prepare = eval_mode = lambda self, *a, **k: None
+        sample_count = validation_count = lambda self: 1
+        validate = lambda self: 0.9
+        input_spec = lambda self: {}
+
+    weights = tmp_path / "run" / "model" / "lite_medsam.pth"
+    weights.parent.mkdir(parents=True)  # what train() leaves behind
+    monkeypatch.setattr(pipeline, "initial_model", lambda *a, **k: SimpleNamespace(sha256="0" * 64, classes={}))
+    monkeypatch.setattr(pipeline, "make_adapter", lambda *a, **k: Adapter())
+    monkeypatch.setattr(pipeline, "train", lambda *a, **k: TrainResult(0.5, 1, 1, 4, 1.0, "budget", weights, []))
+    registered = []
+    monkeypatch.setattr(register, "register_model",
+                        lambda *a, **k: registered.append(k["model_id"]) or SimpleNamespace(id=k["model_id"], source="x"))
+    image, labels = Image(np.ones((20, 20), np.float32), (1, 1), (0, 0), np.eye(2)), np.eye(20, dtype=np.uint8)
+    logged = []
+    summary = pipeline.fine_tune("lite-medsam", tmp_path / "run", cases=[Case("c", image, labels)], name="worse",
+                                 device="cpu", log=logged.append)
+    assert summary["model_id"] is None and registered == []
+    assert [m for m in logged if m.startswith("not registered")] == [summary["not_registered"]]
+    assert "0.5000 is below the starting model's 0.9000" in summary["not_registered"]
+    assert str(weights) in summary["not_registered"] and "--register-worse" in summary["not_registered"]
+    assert read_metrics(tmp_path / "run" / "metrics.json")["not_registered"] == summary["not_registered"]
+    summary = pipeline.fine_tune("lite-medsam", tmp_path / "run", cases=[Case("c", image, labels)], name="worse",
+                                 device="cpu", log=logged.append, register_worse=True)
+    assert summary["model_id"] == "worse" and registered == ["worse"]
