@@ -45,10 +45,12 @@ def slice_index(value, image: Image | None, what: str) -> int:
 
 
 def check_prompts(image: Image | None, box: Sequence[float] | None = None,
-                  points: Sequence[Sequence[float]] | None = None, point_labels: Sequence[int] | None = None) -> None:
+                  points: Sequence[Sequence[float]] | None = None, point_labels: Sequence[int] | None = None,
+                  task: str | None = None) -> None:
     """Refuse, before any model loads, prompts that would be silently reinterpreted: non-finite numbers,
     fractional or out-of-range slice indices, a slice index for a 2-D image (none for a volume), a box
-    without area inside the image, points outside it. With ``image`` None only what needs no image is checked.
+    without area inside the image (for text-guided models, ``task`` "text2d", a click: a box of zero size
+    whose centre lies in the image), points outside it. With ``image`` None only what needs no image is checked.
     """
     from .inference.box2d import check_points, clip_box
 
@@ -62,8 +64,13 @@ def check_prompts(image: Image | None, box: Sequence[float] | None = None,
         values = np.asarray(box[:4], dtype=np.float64)
         if not np.isfinite(values).all():
             raise PromptError(f"A box needs four finite numbers (x0, y0, x1, y1), got {', '.join(map(str, box[:4]))}")
-        if image is not None:
+        if image is not None and task != "text2d":
             clip_box(values, image.spatial_shape[-2:])
+        elif image is not None:
+            h, w = image.spatial_shape[-2:]
+            x, y = (values[0] + values[2]) / 2, (values[1] + values[3]) / 2
+            if not (0 <= x <= w and 0 <= y <= h):
+                raise PromptError(f"The box centre ({x:g}, {y:g}) lies outside the {w}x{h} image")
     if points:
         for point in points:
             if len(point) not in (2, 3):
@@ -104,9 +111,11 @@ def segment(
     """
     from .models.load import load_model
     from .models.loaded import LoadedModel
+    from .models.registry import get_card
 
     img = as_image(image)
-    check_prompts(img, box, points, point_labels)
+    task = model.task if isinstance(model, LoadedModel) else get_card(model).task
+    check_prompts(img, box, points, point_labels, task)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights=weights, device=device)
     if img.ndim not in (2, 3):
         raise MedsegError(f"{img.ndim}-D images are not supported")

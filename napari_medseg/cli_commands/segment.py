@@ -156,13 +156,14 @@ def run(args) -> int:
 def _run_single(args, case, target: Path, kwargs) -> int:
     from ..io import read_image, write_labels
     from ..models.load import load_model
+    from ..models.registry import get_card
     from ..segmentation import check_prompts, segment
     from .progressbar import TerminalProgress
 
     image = read_image(case.source)
     for message in image.metadata.get("warnings", []):
         warn(f"{case.source.name}: {message}")
-    check_prompts(image, kwargs["box"], kwargs["points"], kwargs["point_labels"])
+    check_prompts(image, kwargs["box"], kwargs["points"], kwargs["point_labels"], get_card(args.model).task)
     loaded = load_model(args.model, weights=args.weights, device=args.device, **_load_options(args))
     result = segment(image, loaded, progress=TerminalProgress(), **kwargs)
     names = loaded.classes or {0: "background", 1: "object"}
