@@ -206,6 +206,17 @@ def test_checkpoint_safety(tmp_path):
         read_checkpoint(plain_pickle)
 
 
+@pytest.mark.parametrize("content", [bytes(range(256)) * 20, b"hello world\n" * 10, pickle.dumps({"a": 1})])
+def test_files_that_are_no_checkpoint_are_not_called_unsafe(tmp_path, content):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    text = str(info.value)
+    assert "arbitrary Python objects" not in text and "weights_only" not in text and "\n" not in text, text
+    assert "not a PyTorch checkpoint" in text or "corrupt or truncated" in text, text
+
+
 def test_nnunet_numpy_log_entries_are_allowed(tmp_path):
     import numpy as np
 
