@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .atomic import atomic_write_text
 from .errors import MedsegError
 from .progress import CancelCheck, ProgressCallback
 
@@ -34,6 +34,7 @@ class CaseResult:
     seconds: float = 0.0
     error: str | None = None
     labels_found: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what reading the image warned about
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -119,8 +120,10 @@ def run_cases(cases: list[Case], out_dir: Path, model: str, *, weights=None, dev
         if target.exists() and not overwrite:
             result = CaseResult(case.name, str(case.source), str(target), "skipped")
         else:
+            read_warnings = []
             try:
                 image = read_image(case.source)
+                read_warnings = [str(w) for w in image.metadata.get("warnings", [])]
                 labels = segment(image, loaded, progress=progress, cancel=cancel, **(segment_kwargs or {}))
                 write_labels(labels, image, target, label_names=loaded.classes or None)
                 found = [int(v) for v in np.unique(labels) if v]
@@ -129,6 +132,7 @@ def run_cases(cases: list[Case], out_dir: Path, model: str, *, weights=None, dev
                 result = CaseResult(case.name, str(case.source), str(target), "failed", error=str(exc))
             except Exception as exc:  # keep going past anything one case throws
                 result = CaseResult(case.name, str(case.source), str(target), "failed", error=f"{type(exc).__name__}: {exc}")
+            result.warnings = read_warnings
         result.seconds = round(time.perf_counter() - start, 3)
         results.append(result)
         if on_case:
@@ -159,6 +163,7 @@ def write_manifest(path: Path, model: str, weights_sha256: str | None, device: s
         "counts": {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")},
         "cases": [asdict(r) for r in results],
     }
-    tmp = path.with_suffix(".json.part")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, path)
+    try:
+        atomic_write_text(path, json.dumps(manifest, indent=2))
+    except OSError as exc:
+        raise MedsegError(f"Cannot write the run manifest {path}: {exc.strerror or exc}") from None

@@ -6,6 +6,7 @@ import importlib
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 from .errors import MedsegError
@@ -19,6 +20,15 @@ SUBCOMMANDS = {
     "evaluate": ("napari_medseg.evaluation.cli", "compare predicted and reference label maps"),
     "train": ("napari_medseg.cli_commands.train", "fine-tune or train a model on labelled images"),
 }
+
+
+def warn(message: str) -> None:
+    """One stderr line for something the user should know (a read warning, a skipped file)."""
+    print(f"medseg: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    warn(message)
 
 
 def check_output_folder(folder: str | Path, what: str, *, create: bool = False) -> None:
@@ -61,6 +71,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    shown, warnings.showwarning = warnings.showwarning, _show_warning  # library warnings: one line each too
     try:
         parser = build_parser(argv)
         args = parser.parse_args(argv)
@@ -79,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medseg: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

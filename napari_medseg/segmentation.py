@@ -1,6 +1,7 @@
 """`segment()`: the one function behind the widget, the CLI and scripts."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -26,6 +27,62 @@ def as_image(image: Image | str | Path | np.ndarray) -> Image:
         raise MedsegError(f"Expected a 2-D or 3-D image, got an array of shape {array.shape}")
     return Image(array, (1.0,) * ndim, (0.0,) * ndim, np.eye(ndim), modality="RGB" if rgb else "unknown",
                  intensity="rgb" if rgb else "raw", channel_axis=-1 if rgb else None)
+
+
+def slice_index(value, image: Image | None, what: str) -> int:
+    """The slice index of a prompt (``what``: "box", "point") along the first axis: a whole number inside the
+    volume; 2-D images have none."""
+    number = float(value)
+    if not math.isfinite(number) or number != int(number):
+        raise PromptError(f"The {what}'s slice index must be a whole number, got {number:g}")
+    if image is not None:
+        if image.ndim == 2:
+            raise PromptError(f"This 2-D image has no slices; give the {what} without a slice index (got {number:g})")
+        depth = image.spatial_shape[0]
+        if not 0 <= number < depth:
+            raise PromptError(f"Slice {int(number)} is outside the volume (0..{depth - 1})")
+    return int(number)
+
+
+def check_prompts(image: Image | None, box: Sequence[float] | None = None,
+                  points: Sequence[Sequence[float]] | None = None, point_labels: Sequence[int] | None = None,
+                  task: str | None = None) -> None:
+    """Refuse, before any model loads, prompts that would be silently reinterpreted: non-finite numbers,
+    fractional or out-of-range slice indices, a slice index for a 2-D image (none for a volume), a box
+    without area inside the image (for text-guided models, ``task`` "text2d", a click: a box of zero size
+    whose centre lies in the image), points outside it. With ``image`` None only what needs no image is checked.
+    """
+    from .inference.box2d import check_points, clip_box
+
+    sliced = False
+    if box is not None:
+        if len(box) not in (4, 5):
+            raise PromptError(f"A box is x0,y0,x1,y1 or x0,y0,x1,y1,z; got {len(box)} numbers")
+        if len(box) == 5:
+            slice_index(box[4], image, "box")
+            sliced = True
+        values = np.asarray(box[:4], dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise PromptError(f"A box needs four finite numbers (x0, y0, x1, y1), got {', '.join(map(str, box[:4]))}")
+        if image is not None and task != "text2d":
+            clip_box(values, image.spatial_shape[-2:])
+        elif image is not None:
+            h, w = image.spatial_shape[-2:]
+            x, y = (values[0] + values[2]) / 2, (values[1] + values[3]) / 2
+            if not (0 <= x <= w and 0 <= y <= h):
+                raise PromptError(f"The box centre ({x:g}, {y:g}) lies outside the {w}x{h} image")
+    if points:
+        for point in points:
+            if len(point) not in (2, 3):
+                raise PromptError(f"A point is x,y or x,y,z; got {len(point)} numbers")
+            if len(point) == 3:
+                slice_index(point[2], image, "point")
+                sliced = True
+        hw = image.spatial_shape[-2:] if image is not None else None
+        check_points([list(point[:2]) for point in points], hw, point_labels)
+    if image is not None and image.ndim == 3 and (box is not None or points) and not sliced:
+        raise PromptError("For a volume, give the slice index as the box's fifth number (x0,y0,x1,y1,z) "
+                          "or the points' third (x,y,z)")
 
 
 def segment(
@@ -54,8 +111,11 @@ def segment(
     """
     from .models.load import load_model
     from .models.loaded import LoadedModel
+    from .models.registry import get_card
 
     img = as_image(image)
+    task = model.task if isinstance(model, LoadedModel) else get_card(model).task
+    check_prompts(img, box, points, point_labels, task)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights=weights, device=device)
     if img.ndim not in (2, 3):
         raise MedsegError(f"{img.ndim}-D images are not supported")

@@ -29,6 +29,7 @@ class Case:
     reviewed: dict = field(default_factory=lambda: {"all": True, "slices": []})
     report: str = ""
     classes: dict[int, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # what reading its files warned about
 
     @property
     def ndim(self) -> int:
@@ -68,7 +69,8 @@ def cases_from_store(store, progress=None, cancel=None) -> list[Case]:
         except MedsegError as exc:
             store._report(str(exc))
         else:
-            cases.append(Case(entry.id, image, labels, dict(entry.reviewed), entry.report, dict(entry.classes)))
+            cases.append(Case(entry.id, image, labels, dict(entry.reviewed), entry.report, dict(entry.classes),
+                              _read_warnings(image)))
         steps.step()
     return cases
 
@@ -90,16 +92,23 @@ def _image_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-def _read_channels(paths: list[Path]) -> Image:
+def _read_warnings(*images: Image) -> list[str]:
+    """Each image's read warnings, prefixed with its file name."""
+    return [f"{image.path.name if image.path else 'image'}: {message}"
+            for image in images for message in image.metadata.get("warnings", [])]
+
+
+def _read_channels(paths: list[Path]) -> tuple[Image, list[str]]:
+    """The image (channels stacked last) and every channel file's read warnings."""
     from napari_medseg.io import read_image
 
     images = [read_image(p) for p in paths]
-    if len(images) == 1:
-        return images[0]
     first = images[0]
+    if len(images) == 1:
+        return first, _read_warnings(first)
     if any(i.spatial_shape != first.spatial_shape or i.channel_axis is not None for i in images):
         raise MedsegError(f"The channels of {paths[0].name} differ in shape (or have channels themselves)")
-    return first.with_array(np.stack([i.array for i in images], axis=-1), channel_axis=-1)
+    return first.with_array(np.stack([i.array for i in images], axis=-1), channel_axis=-1), _read_warnings(*images)
 
 
 def _from_ignore(labels: np.ndarray, ignore: int | None) -> tuple[np.ndarray, dict]:
@@ -134,11 +143,13 @@ def nnunet_cases(dataset: Path) -> list[Case]:
         if not all(p.is_file() for p in images):
             warnings.warn(f"{dataset.name}: skipping {case}: image file(s) missing in imagesTr", stacklevel=2)
             continue
-        image = _read_channels(images)
-        labels, reviewed = _from_ignore(read_image(label_path).array, ignore)
+        image, warned = _read_channels(images)
+        label_image = read_image(label_path)
+        labels, reviewed = _from_ignore(label_image.array, ignore)
         report_file = dataset / "reports" / f"{case}.txt"
         report = report_file.read_text(encoding="utf-8").strip() if report_file.is_file() else ""
-        cases.append(_checked(Case(case, image, labels, reviewed, report, dict(classes)), label_path))
+        cases.append(_checked(Case(case, image, labels, reviewed, report, dict(classes),
+                                   warned + _read_warnings(label_image)), label_path, set(classes) or None))
     if not cases:
         raise MedsegError(f"{dataset} holds no labelled cases (labelsTr/*{ending} with imagesTr/<case>_0000{ending})")
     return cases
@@ -158,21 +169,37 @@ def matched_cases(images: Path, labels: Path) -> list[Case]:
             continue
         label_image = read_image(label_path)
         names = label_image.metadata.get("label_names", {})
-        cases.append(_checked(Case(stem, _read_channels(paths), label_image.array, classes=dict(names)), label_path))
+        image, warned = _read_channels(paths)
+        cases.append(_checked(Case(stem, image, label_image.array, classes=dict(names),
+                                   warnings=warned + _read_warnings(label_image)), label_path))
     if not cases:
         raise MedsegError(f"No label file in {labels} has an image of the same name in {images}")
     return cases
 
 
-def _checked(case: Case, label_path: Path) -> Case:
-    if case.labels.shape != case.image.spatial_shape:
-        raise MedsegError(f"{label_path.name}: labels {case.labels.shape} do not match the image {case.image.spatial_shape}")
-    if case.labels.dtype.kind == "f":
-        case.labels = np.rint(case.labels).astype(np.int64)
-    if case.labels.size and case.labels.min() < 0:  # an unsigned copy would turn -1 into 255, a new class
-        raise MedsegError(f"{label_path.name}: label value {int(case.labels.min())} is negative; labels are 0 "
-                          "(background) and 1, 2, ... (mark unlabelled regions with dataset.json's 'ignore' label)")
-    case.labels = case.labels.astype(np.min_scalar_type(int(case.labels.max())), copy=False)
+def _checked(case: Case, label_path: Path, declared: set[int] | None = None) -> Case:
+    """The case with its labels in the smallest unsigned type; label maps that would be reinterpreted (fractional
+    or negative values, which a cast would wrap to 255, or values ``declared`` does not list) are refused."""
+    labels = case.labels
+    if labels.shape != case.image.spatial_shape:
+        raise MedsegError(f"{label_path.name}: labels {labels.shape} do not match the image {case.image.spatial_shape}")
+    if labels.dtype.kind == "f":
+        if not np.isfinite(labels).all() or not np.array_equal(labels, np.round(labels)):
+            raise MedsegError(f"{label_path.name}: label values must be whole numbers")
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind not in "iub":
+        raise MedsegError(f"{label_path.name}: labels must be integers, not {labels.dtype}")
+    low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    if low < 0:
+        raise MedsegError(f"{label_path.name}: label value {low} is negative; labels are 0 (background) "
+                          "and positive class values")
+    if declared is not None:
+        unknown = sorted(set(np.unique(labels).tolist()) - declared - {0})
+        if unknown:
+            shown = ", ".join(map(str, unknown[:8])) + (", ..." if len(unknown) > 8 else "")
+            raise MedsegError(f"{label_path.name}: label values {shown} are not among the dataset's classes "
+                              f"({', '.join(map(str, sorted(declared)))})")
+    case.labels = labels.astype(np.min_scalar_type(high), copy=False)
     return case
 
 

@@ -457,8 +457,12 @@ class AnnotationStore:
         if labels.shape != image.spatial_shape:
             raise MedsegError(f"Labels of shape {labels.shape} do not match the image's {image.spatial_shape}")
         digest = image_hash(image)
-        with self._locked():  # read, merge and write as one step: other processes wait
-            return self._save(image, digest, labels, classes, prompts, reviewed, report)
+        try:
+            with self._locked():  # read, merge and write as one step: other processes wait
+                return self._save(image, digest, labels, classes, prompts, reviewed, report)
+        except OSError as exc:  # a read-only or full project folder: nothing was named in entry.json
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise MedsegError(f"Cannot save into the project {self.folder}: {exc.strerror or exc}{where}") from None
 
     def _save(self, image, digest, labels, classes, prompts, reviewed, report) -> Entry:
         from napari_medseg.io import write_labels

@@ -106,13 +106,37 @@ def _cpu_state(module: torch.nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
-def _load_resume_state(path: Path) -> dict:
+def _load_resume_state(path: Path):
     from napari_medseg.models.checkpoint import read_checkpoint
 
     try:
         return read_checkpoint(path)
     except MedsegError as exc:
         raise MedsegError(f"Cannot resume from {path}: {exc}. Delete it or pass --no-resume.") from None
+
+
+def _not_this_run(path: Path, exc: BaseException | str) -> MedsegError:
+    reason = exc if isinstance(exc, str) else f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+    return MedsegError(f"Cannot resume from {path}: it does not hold the state of this run ({reason}). "
+                       "Delete it or pass --no-resume.")
+
+
+def check_resume(out_dir: str | Path, fingerprint: dict) -> None:
+    """Before any model work: an interrupted run in ``out_dir`` (``last.pt``, ``best.pt``) must be readable
+    and of the data and settings in ``fingerprint`` (the keys given are compared)."""
+    out_dir = Path(out_dir).expanduser()
+    last_path = out_dir / "last.pt"
+    if not last_path.is_file():
+        return
+    saved = _load_resume_state(last_path)
+    theirs = saved.get("fingerprint") if isinstance(saved, dict) else None
+    if not isinstance(theirs, dict):
+        raise _not_this_run(last_path, "no run fingerprint")
+    if any(theirs.get(key) != value for key, value in fingerprint.items()):
+        raise MedsegError(f"{out_dir} holds a run with other data or settings ({theirs}); "
+                          "choose another output folder or pass --no-resume")
+    if (out_dir / "best.pt").is_file() and not isinstance(_load_resume_state(out_dir / "best.pt"), dict):
+        raise _not_this_run(out_dir / "best.pt", "not a state dict")
 
 
 @dataclass
@@ -169,13 +193,19 @@ def train(adapter, config: TrainConfig, out_dir: str | Path, *, resume: bool = T
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if resume and last_path.is_file():
         saved = _load_resume_state(last_path)
-        if saved.get("fingerprint") != fingerprint:
-            raise MedsegError(f"{out_dir} holds a run with other data or settings ({saved.get('fingerprint')}); "
+        if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
+            theirs = saved.get("fingerprint") if isinstance(saved, dict) else None
+            raise MedsegError(f"{out_dir} holds a run with other data or settings ({theirs}); "
                               "choose another output folder or pass --no-resume")
-        adapter.network.load_state_dict(saved["network"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scaler.load_state_dict(saved["scaler"])
-        state.update({k: saved[k] for k in state})
+        try:
+            adapter.network.load_state_dict(saved["network"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scaler.load_state_dict(saved["scaler"])
+            state.update({k: saved[k] for k in state})
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise _not_this_run(last_path, exc) from None
+    elif main:
+        best_path.unlink(missing_ok=True)  # a new run: an earlier run's best network must not become this result
     resumed_at = state["step"]
 
     metrics = MetricsFile(out_dir / "metrics.json", family=adapter.family, model=adapter.model_id,
@@ -299,7 +329,11 @@ def train(adapter, config: TrainConfig, out_dir: str | Path, *, resume: bool = T
     if main:
         metrics.update(force=True, status="saving", eta_s=0.0)
         if best_path.is_file():
-            adapter.network.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True))
+            best = _load_resume_state(best_path)
+            try:
+                adapter.network.load_state_dict(best)
+            except (TypeError, ValueError, RuntimeError, AttributeError) as exc:
+                raise _not_this_run(best_path, exc) from None
         extra = {"best_dice": state["best_dice"], "best_epoch": state["best_epoch"], "steps": state["step"],
                  "stopped": stopped, **(info or {})}
         weights = adapter.save(out_dir / "model" / adapter.weights_file, extra)

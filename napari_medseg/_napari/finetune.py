@@ -175,6 +175,9 @@ class FinetuneWidget(FinetuneControls):
         self.bar.setRange(0, 100)
         if code == 0 and metrics.get("model_id"):
             self._finished(metrics)
+        elif code == 0 and metrics.get("not_registered"):  # trained, but worse than the starting model
+            self.status_label.setText(metrics["not_registered"].capitalize())
+            self._notify("warning", metrics["not_registered"].capitalize())
         elif code == 130:
             self.status_label.setText("Cancelled. Press 'Fine-tune on my labels' again to resume from the last checkpoint.")
         else:

@@ -1,6 +1,9 @@
 """`medseg models`: the registry and its weights."""
 from __future__ import annotations
 
+import sys
+
+from ..errors import CheckpointError
 from ..models.registry import TASK_LABELS, get_card, list_cards
 
 
@@ -23,7 +26,11 @@ def run(args) -> int:
     if action == "list":
         rows = [("ID", "MODEL", "TASK", "WEIGHTS", "FILE")]
         for card in list_cards():
-            status = weights.weight_status(card)
+            try:
+                status = weights.weight_status(card)
+            except CheckpointError as exc:  # one model's damaged install record must not hide the others
+                print(f"medseg: warning: {exc}", file=sys.stderr)
+                status = weights.WeightStatus("damaged", None)
             rows.append((card.id, card.name, TASK_LABELS[card.task], status.state, str(status.path or card.weight.file)))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for row in rows:
@@ -31,6 +38,11 @@ def run(args) -> int:
         return 0
     if action == "install":
         card = get_card(args.model)
+        bundled = weights.bundled_path(card.weight)
+        if not args.file and bundled is not None:
+            print(f"{card.id}: the weights are bundled with {card.weight.bundled['package']} ({bundled}); "
+                  "nothing to install")
+            return 0
         if args.file:
             path = weights.install_from_file(card, args.file, link=args.link, force=args.force)
         else:

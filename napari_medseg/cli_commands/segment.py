@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..batch import LABEL_FORMATS, CaseResult
+from ..cli import warn
 from ..errors import MedsegError, PromptError
 
 
@@ -60,29 +61,65 @@ def _print_case(result: CaseResult, index: int, total: int) -> None:
     detail = f" ({result.error})" if result.error else f" {result.seconds:.1f} s"
     prefix = f"[{index}/{total}] " if total else ""
     print(f"{prefix}{mark} {result.name} -> {result.output}{detail}", file=sys.stderr, flush=True)
+    for message in result.warnings:
+        warn(f"{result.name}: {message}")
 
 
 def _single_file_output(args, cases) -> Path | None:
+    """The labels file ``-o`` names (one input), or None when it names a folder. A file name for several
+    inputs, or an image suffix that cannot hold labels (``mask.jpg``: lossy), is refused, not made a folder."""
+    from ..io.formats import READ_FORMATS, suffix_of
+
     out = Path(args.output)
-    if len(cases) == 1 and any(out.name.lower().endswith("." + f) for f in (*LABEL_FORMATS, "tiff")):
+    if out.is_dir():
+        return None
+    name = out.name.lower()
+    if any(name.endswith("." + f) for f in (*LABEL_FORMATS, "tiff")):
+        if len(cases) != 1:
+            raise MedsegError(f"-o {out} names one file, but the inputs hold {len(cases)} images: give a folder")
         return out
+    suffix = suffix_of(out)
+    if suffix in READ_FORMATS or suffix in (".gif", ".webp", ".jp2"):
+        raise MedsegError(f"-o {out.name}: {suffix} files cannot hold labels (lossy or not a label format); "
+                          f"use .{', .'.join(LABEL_FORMATS)} or a folder")
     return None
+
+
+def _check_outputs(args, single: Path | None, cases) -> Path | None:
+    """Refuse unwritable outputs before any model loads; returns the manifest path (cohorts)."""
+    from ..cli import check_output_folder
+
+    if single is not None:
+        if single.is_dir():
+            raise MedsegError(f"-o {single} is a folder; give a file name or use it as the output folder")
+        check_output_folder(single.parent, "-o")
+        return None
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MedsegError(f"{out_dir} is a file; give a folder for {len(cases)} inputs")
+    check_output_folder(out_dir, "-o", create=True)
+    manifest = Path(args.manifest) if args.manifest else out_dir / "medseg_run.json"
+    if manifest.is_dir():
+        raise MedsegError(f"--manifest {manifest} is a folder; give a file name")
+    check_output_folder(manifest.parent, "--manifest", create=True)
+    return manifest
 
 
 def run(args) -> int:
     from ..batch import expand_inputs, run_cases, write_manifest
+    from ..segmentation import check_prompts
     from .progressbar import TerminalProgress
 
+    kwargs = _prompt_kwargs(args)
+    check_prompts(None, kwargs["box"], kwargs["points"], kwargs["point_labels"])
     cases = expand_inputs(args.inputs)
     if not cases:
         raise MedsegError("The inputs hold no images")
     single = _single_file_output(args, cases)
-    kwargs = _prompt_kwargs(args)
+    manifest = _check_outputs(args, single, cases)
     if single is not None:
         return _run_single(args, cases[0], single, kwargs)
     out_dir = Path(args.output)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise MedsegError(f"{out_dir} is a file; give a folder for {len(cases)} inputs")
     start = time.perf_counter()
     done = []
 
@@ -107,7 +144,6 @@ def run(args) -> int:
     from ..models.weights import weights_path
 
     sha = sha256_of(args.weights or weights_path(get_card(args.model)))
-    manifest = Path(args.manifest) if args.manifest else out_dir / "medseg_run.json"
     write_manifest(manifest, args.model, sha, str(device), results, time.perf_counter() - start)
     failed = [r for r in results if r.status == "failed"]
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
@@ -120,10 +156,14 @@ def run(args) -> int:
 def _run_single(args, case, target: Path, kwargs) -> int:
     from ..io import read_image, write_labels
     from ..models.load import load_model
-    from ..segmentation import segment
+    from ..models.registry import get_card
+    from ..segmentation import check_prompts, segment
     from .progressbar import TerminalProgress
 
     image = read_image(case.source)
+    for message in image.metadata.get("warnings", []):
+        warn(f"{case.source.name}: {message}")
+    check_prompts(image, kwargs["box"], kwargs["points"], kwargs["point_labels"], get_card(args.model).task)
     loaded = load_model(args.model, weights=args.weights, device=args.device, **_load_options(args))
     result = segment(image, loaded, progress=TerminalProgress(), **kwargs)
     names = loaded.classes or {0: "background", 1: "object"}

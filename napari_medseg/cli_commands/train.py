@@ -23,6 +23,8 @@ def add_arguments(parser) -> None:
                        help="new networks: e.g. patch_size=256,224 feature_size=24 roi_size=96,96,96 spacing=1.5,1.5,1.5")
     model.add_argument("--name", metavar="NEW_ID", help="id of the registered result (default: <model>-ft-<date>)")
     model.add_argument("--no-register", action="store_true", help="only write the weights file into --out")
+    model.add_argument("--register-worse", action="store_true",
+                       help="register the result even if it validates worse than the starting model")
     budget = parser.add_argument_group("budget (whichever ends first; default 10 epochs)")
     budget.add_argument("--epochs", type=int)
     budget.add_argument("--steps", type=int)
@@ -110,6 +112,7 @@ def config_from_args(args):
 
 
 def run(args, cancel=None) -> int:
+    from napari_medseg.cli import warn
     from napari_medseg.errors import MedsegError
 
     if args.from_store and (args.images or args.labels):
@@ -128,6 +131,7 @@ def run(args, cancel=None) -> int:
         scratch=args.scratch, config=config, options=options, device=args.device, name=args.name,
         register=not args.no_register, val_fraction=args.val_fraction, resume=not args.no_resume,
         progress=TerminalProgress() if main else None, cancel=cancel, log=print if main else (lambda *_: None),
+        warn=warn if main else (lambda *_: None), register_worse=args.register_worse,
     )
     if main:
         print(f"weights: {summary['weights']}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli import warn
 from ..errors import MedsegError
 
 TABLE_METRICS = (("dice", "Dice"), ("iou", "IoU"), ("hd95", "HD95"), ("assd", "ASSD"), ("nsd", "NSD"))
@@ -63,11 +64,26 @@ def format_summary(evaluation) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [headers, *rows])
 
 
+def check_outputs(args) -> None:
+    """Refuse, before the evaluation, an output file whose folder is missing or not writable."""
+    from pathlib import Path
+
+    from ..cli import check_output_folder
+
+    for option in ("csv", "json", "report"):
+        path = getattr(args, option)
+        if path:
+            if Path(path).is_dir():
+                raise MedsegError(f"--{option} {path} is a folder; give a file name")
+            check_output_folder(Path(path).parent, f"--{option}")
+
+
 def run(args) -> int:
     from ..cli_commands.progressbar import TerminalProgress
     from .evaluate import evaluate
 
     labels = parse_labels(args.labels) if args.labels else None
+    check_outputs(args)
     evaluation = evaluate(args.pred, args.gt, labels=labels, nsd_tolerance=args.nsd_tolerance,
                           progress=TerminalProgress())
     print(format_summary(evaluation))
@@ -80,11 +96,16 @@ def run(args) -> int:
         print(f"ignored {len(evaluation.unmatched)} prediction(s) without ground truth: {shown}", file=sys.stderr)
     for note in evaluation.notes:
         print(f"note: {note}", file=sys.stderr)
-    for path, write in ((args.csv, evaluation.write_csv), (args.json, evaluation.write_json)):
-        if path:
-            print(f"wrote {write(path)}")
-    if args.report:
-        from .report import write_report
+    for message in evaluation.warnings:
+        warn(message)
+    try:
+        for path, write in ((args.csv, evaluation.write_csv), (args.json, evaluation.write_json)):
+            if path:
+                print(f"wrote {write(path)}")
+        if args.report:
+            from .report import write_report
 
-        print(f"wrote {write_report(evaluation, args.report, images=args.image)}")
+            print(f"wrote {write_report(evaluation, args.report, images=args.image)}")
+    except OSError as exc:
+        raise MedsegError(f"Cannot write {exc.filename or 'the output'}: {exc.strerror or exc}") from None
     return 0 if evaluation.complete else 1

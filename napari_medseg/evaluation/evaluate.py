@@ -14,7 +14,7 @@ CSV and JSON values are rounded to six decimals.
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write_json, atomic_write_text
 from ..errors import Cancelled, ImageReadError, MedsegError
 from ..progress import CancelCheck, Progress, ProgressCallback
 from .metrics import METRICS, class_metrics, empty_metrics, summarize
@@ -149,6 +150,7 @@ class Evaluation:
     unmatched: list[str] = field(default_factory=list)  # predictions without GT
     failed: dict[str, str] = field(default_factory=dict)  # case -> why it could not be evaluated
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what reading the label maps warned about
 
     @property
     def complete(self) -> bool:
@@ -191,23 +193,19 @@ class Evaluation:
             },
             "summary": self.summary(),
             "missing_predictions": self.missing, "unmatched_predictions": self.unmatched,
-            "failed": self.failed, "notes": self.notes,
+            "failed": self.failed, "notes": self.notes, "warnings": self.warnings,
         })
 
     def write_json(self, path: Path | str) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
-        return path
+        return atomic_write_json(path, self.to_dict())
 
     def write_csv(self, path: Path | str) -> Path:
-        path = Path(path)
         fields = ["case", "class", "label", *METRICS, "distance_unit", "volume_unit"]
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows({k: _rounded(v) if isinstance(v, float) else v for k, v in row.items()}
-                             for row in self.rows())
-        return path
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows({k: _rounded(v) if isinstance(v, float) else v for k, v in row.items()} for row in self.rows())
+        return atomic_write_text(path, table.getvalue())
 
 
 CONVENTIONS = (
@@ -264,11 +262,18 @@ def _found_classes(pred: np.ndarray, gt: np.ndarray) -> dict[str, int]:
 
 
 def evaluate_case(name: str, pred_path: Path, gt_path: Path, classes: dict[str, int | None] | str,
-                  nsd_tolerance: float) -> tuple[CaseResult, list[str]]:
-    """Read one pair, check it shares a grid and measure it; also returns notes on it."""
+                  nsd_tolerance: float, warnings: list[str] | None = None) -> tuple[CaseResult, list[str]]:
+    """Read one pair, check it shares a grid and measure it; also returns notes on it. What reading the
+    files warned about is appended to ``warnings``, even when the case then fails."""
     from ..io import read_image
 
-    gt_image, pred_image = read_image(gt_path), read_image(pred_path)
+    def read(path: Path, role: str):
+        image = read_image(path)
+        if warnings is not None:
+            warnings.extend(f"{name}: {role} {path.name}: {message}" for message in image.metadata.get("warnings", []))
+        return image
+
+    gt_image, pred_image = read(gt_path, "ground truth"), read(pred_path, "prediction")
     gt, pred = label_array(gt_image, "ground truth"), label_array(pred_image, "prediction")
     check_same_grid(pred_image, gt_image, pred.shape, gt.shape)
     spacing = tuple(gt_image.spacing[::-1])
@@ -306,7 +311,7 @@ def evaluate(pred: Path | str, gt: Path | str, labels=None, nsd_tolerance: float
     steps = Progress(len(pairs), "Evaluating", progress, cancel)
     for name, pred_path, gt_path in pairs:
         try:
-            case, notes = evaluate_case(name, pred_path, gt_path, classes, nsd_tolerance)
+            case, notes = evaluate_case(name, pred_path, gt_path, classes, nsd_tolerance, result.warnings)
         except Cancelled:
             raise
         except MedsegError as exc:

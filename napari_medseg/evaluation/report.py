@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write_text
 from .evaluate import Evaluation, case_name, label_array
 from .metrics import METRICS
 
@@ -49,7 +50,7 @@ td small { display: block; color: #6b7385; font-size: 11px; }
 def write_report(evaluation: Evaluation, path: Path | str, images: Path | str | None = None) -> Path:
     """Render the report to ``path`` (HTML); ``images`` is an image file or folder for the overlays."""
     path = Path(path)
-    path.write_text(render_report(evaluation, images), encoding="utf-8")
+    atomic_write_text(path, render_report(evaluation, images))
     return path
 
 

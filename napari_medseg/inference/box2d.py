@@ -320,10 +320,8 @@ class BoxPredictor:
         boxes = None if box is None else torch.as_tensor(self.profile.box(clip_box(box, hw), hw), dtype=torch.float32)
         point_prompt = None
         if points is not None and len(points):
-            xy = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+            xy = check_points(np.asarray(points, dtype=np.float64).reshape(-1, 2), hw, point_labels)
             labels = np.ones(len(xy)) if point_labels is None else np.asarray(point_labels, dtype=np.float64).reshape(-1)
-            if len(labels) != len(xy):
-                raise PromptError(f"{len(xy)} points but {len(labels)} point labels")
             coords = torch.as_tensor(self.profile.points(xy, hw), dtype=torch.float32)[None].to(self.device)
             point_prompt = (coords, torch.as_tensor(labels, dtype=torch.int64)[None].to(self.device))
         if boxes is None and point_prompt is None:
@@ -437,6 +435,28 @@ def clip_box(box, hw) -> np.ndarray:
         corners = ", ".join(f"{v:g}" for v in values)
         raise PromptError(f"The box ({corners}) has no area inside the {w}x{h} image")
     return np.array([x0, y0, x1, y1])
+
+
+def check_points(points, hw, labels=None) -> np.ndarray:
+    """(N, 2) points (x, y) in pixels of an image of size ``hw``, checked as `clip_box` checks boxes: every
+    coordinate finite and inside the image (a point outside would silently give an empty mask), and
+    ``labels`` (if given) one 0 or 1 per point. ``hw`` None checks all but the image's extent."""
+    values = np.asarray(points, dtype=np.float64)
+    if values.ndim != 2 or values.shape[1] != 2 or not len(values):
+        raise PromptError(f"Points are (x, y) pairs, got {points!r}")
+    h, w = hw if hw is not None else (np.inf, np.inf)
+    for x, y in values:
+        if not (np.isfinite(x) and np.isfinite(y)):
+            raise PromptError(f"A point needs two finite numbers (x, y), got ({x:g}, {y:g})")
+        if hw is not None and not (0 <= x <= w and 0 <= y <= h):
+            raise PromptError(f"The point ({x:g}, {y:g}) lies outside the {w}x{h} image")
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        if len(labels) != len(values):
+            raise PromptError(f"{len(values)} points but {len(labels)} point labels")
+        if not np.isin(labels, (0, 1)).all():
+            raise PromptError(f"Point labels are 1 (object) or 0 (background), got {labels.tolist()}")
+    return values
 
 
 def _box_region(mask: np.ndarray, box: np.ndarray) -> np.ndarray:

@@ -15,7 +15,8 @@ _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 
 
 def read_dicom_folder(folder: Path, series: str | int | None = None, *, progress=None, cancel=None) -> Image:
-    stack, slices = select_stack(scan_folder(folder, progress, cancel), series, folder)
+    stacks = scan_folder(folder, progress, cancel)
+    stack, slices = select_stack(stacks, series, folder)
     if len(slices) == 1:
         image = read_dicom_file(stack.files[0], progress=progress, cancel=cancel)
     else:
@@ -23,7 +24,9 @@ def read_dicom_folder(folder: Path, series: str | int | None = None, *, progress
     image.metadata.update(series_uid=stack.uid, series_key=stack.key, series_description=stack.description,
                           series_number=stack.number, num_files=stack.num_files)
     if stack.note:
-        image.metadata["warnings"].append(f"series {stack.note}")
+        files = sum(info.num_files for info, _ in stacks if info.uid == stack.uid)
+        image.metadata["warnings"].append(f"series {stack.note}; read stack {stack.key} ({stack.num_files} of "
+                                          f"{files} files; pick another with series=)")
     return image
 
 

@@ -46,11 +46,16 @@ def read_tiff(path: Path) -> Image:
             photometric_rgb = page.photometric == tifffile.PHOTOMETRIC.RGB
             alpha = len(page.extrasamples) > 0
             axes = series.axes.upper()
+            others = [f"{'x'.join(map(str, other.shape))} {other.axes}" for other in tif.series[1:]]
     except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError, ElementTree.ParseError) as exc:
         raise ImageReadError(f"Cannot read TIFF {path.name}: {exc}".splitlines()[0]) from None
     if any("invalid page offset" in message for message in log.messages):
         raise ImageReadError(f"TIFF {path.name} is truncated or corrupt (its page list is broken)")
     metadata.update(format="tiff", original_dtype=str(array.dtype), axes=axes, warnings=log.messages)
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        metadata["warnings"].append(f"the file holds {len(others) + 1} image series; read only the first "
+                                    f"({'x'.join(map(str, array.shape))} {axes}), not {shown}")
     array, axes = _to_zyxc(array, axes, path.name)
     channel_axis = -1 if axes.endswith("C") else None
     rgb = photometric_rgb and channel_axis is not None and array.shape[-1] in (3, 4)

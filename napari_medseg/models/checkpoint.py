@@ -47,7 +47,7 @@ def read_checkpoint(path: str | Path, map_location="cpu"):
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for bad files
         text = str(exc)
-        if "Weights only load failed" in text or "Unsupported global" in text:
+        if "Unsupported global" in text:  # a real pickle of classes or functions, refused by weights_only
             culprit = text.split("GLOBAL", 1)[-1].split("was not")[0].strip() if "GLOBAL" in text else ""
             raise CheckpointError(
                 f"{path.name} needs arbitrary Python objects to load{(' (' + culprit + ')') if culprit else ''}; "
@@ -55,4 +55,6 @@ def read_checkpoint(path: str | Path, map_location="cpu"):
             ) from None
         if isinstance(exc, (zipfile.BadZipFile, EOFError, RuntimeError, OSError)) or "zip" in text.lower():
             raise CheckpointError(f"{path.name} is corrupt or truncated and cannot be read ({text.splitlines()[0][:120]})") from None
-        raise CheckpointError(f"{path.name} could not be read as a checkpoint: {text.splitlines()[0][:160]}") from None
+        # random bytes, text, other pickles: torch's own text would advise weights_only=False
+        raise CheckpointError(f"{path.name} is not a PyTorch checkpoint (or is damaged): its contents cannot be "
+                              "read as saved tensors") from None

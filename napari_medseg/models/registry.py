@@ -45,6 +45,7 @@ class ModelCard:
     description: str = ""
     modalities: list[str] = field(default_factory=list)
     input: dict = field(default_factory=dict)
+    architecture: dict = field(default_factory=dict)  # what the family module's architecture(state) must report
     classes: dict[int, str] | str = field(default_factory=dict)
     weights: list[WeightFile] = field(default_factory=list)
     citation: str = ""

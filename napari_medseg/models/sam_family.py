@@ -98,6 +98,13 @@ def sniff(state) -> str | None:
     return None
 
 
+def architecture(state) -> dict:
+    """What a checkpoint's layout says about its network: ``{"size": "vit_b"}`` for SAM-layout files."""
+    sd = _state_dict(state) or {}
+    key = "image_encoder.patch_embed.proj.weight"
+    return {"size": _vit_size(sd[key].shape[0])} if key in sd and hasattr(sd[key], "shape") else {}
+
+
 def _count(sd: dict, pattern: str) -> int:
     regex = re.compile(pattern)
     return len({m.group(1) for k in sd if (m := regex.match(k))})

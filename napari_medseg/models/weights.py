@@ -8,14 +8,15 @@ Layout under ``$MEDSEG_HOME`` (default: the user's cache folder)::
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import atomic_write_json, fsync_dir, replacing, temp_path, write_fully
 from ..errors import CheckpointError, WeightsNotInstalled
 from ..progress import ProgressCallback
 from .checkpoint import sha256_of
@@ -44,16 +45,29 @@ def _record_path(card: ModelCard) -> Path:
 
 
 def _records(card: ModelCard) -> dict:
+    """What ``installed.json`` says about each installed file; a damaged record is a one-line error."""
     path = _record_path(card)
-    if path.is_file():
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            return {}
-    return {}
+    if not path.is_file():
+        return {}
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        raise CheckpointError(_damaged(card, path, reason)) from None
+    if not isinstance(records, dict) or not all(isinstance(r, dict) for r in records.values()):
+        raise CheckpointError(_damaged(card, path, "not a table of installed files"))
+    for record in records.values():
+        if not isinstance(record.get("sha256", ""), str) or not isinstance(record.get("size", 0), int):
+            raise CheckpointError(_damaged(card, path, "a sha256 or size field has the wrong type"))
+    return records
 
 
-def _bundled_path(weight: WeightFile) -> Path | None:
+def _damaged(card: ModelCard, path: Path, reason: str) -> str:
+    return (f"The install record {path} is damaged ({reason}); reinstall with: "
+            f"medseg models install {card.id} /path/to/{card.weight.file}")
+
+
+def bundled_path(weight: WeightFile) -> Path | None:
     if not weight.bundled:
         return None
     import importlib.util
@@ -76,22 +90,29 @@ class WeightStatus:
 
 
 def weight_status(card: ModelCard, verify: bool = False) -> WeightStatus:
-    """Status of a card's main weights file. ``verify`` re-hashes the file (slow for large files)."""
+    """Status of a card's main weights file. ``verify`` re-hashes the file (slow for large files).
+
+    An installed file is checked against its install record (the published sha256, or the one a
+    ``--force`` install accepted), else against the card.
+    """
     weight = card.weight
     path = weights_dir(card) / weight.file
     if not path.is_file():
-        bundled = _bundled_path(weight)
+        bundled = bundled_path(weight)
         if bundled is not None:
             if verify and weight.sha256 and sha256_of(bundled) != weight.sha256:
                 return WeightStatus(MISMATCH, bundled, "bundled file does not match its sha256")
             return WeightStatus(BUNDLED, bundled, f"shipped in {weight.bundled['package']}")
         return WeightStatus(MISSING, None, _install_hint(card))
-    expected = weight.sha256 or _records(card).get(weight.file, {}).get("sha256")
+    record = _records(card).get(weight.file, {})
+    expected = record.get("sha256") or weight.sha256
+    size = record.get("size") or (weight.size if weight.sha256 == expected else None)
+    if size and path.stat().st_size != size:
+        return WeightStatus(MISMATCH, path, f"size {path.stat().st_size} != {size}")
     if expected and verify and sha256_of(path) != expected:
         return WeightStatus(MISMATCH, path, f"sha256 differs from {expected[:12]}...")
-    if weight.size and path.stat().st_size != weight.size and weight.sha256:
-        return WeightStatus(MISMATCH, path, f"size {path.stat().st_size} != {weight.size}")
-    return WeightStatus(INSTALLED, path)
+    forced = bool(weight.sha256 and expected != weight.sha256)
+    return WeightStatus(INSTALLED, path, "installed with --force: not the published file" if forced else "")
 
 
 def _install_hint(card: ModelCard) -> str:
@@ -117,36 +138,88 @@ def weights_path(card: ModelCard) -> Path:
 
 
 def install_from_file(card: ModelCard, source: str | Path, link: bool = False, force: bool = False) -> Path:
-    """Import a file the user downloaded: verify it, then copy (or link) it into the weights folder."""
+    """Import a file the user downloaded: verify it, then copy (or link) it into the weights folder.
+
+    The copy goes to a temporary file beside the target, hashed as it is written; only a copy whose
+    sha256 is the published one (or any, with ``force``) and whose layout is exactly the card's family
+    and architecture replaces the old file, in one rename. On any failure (a full disk included) the
+    old weights stay as they were and no temporary file is left.
+    """
     source = Path(source).expanduser().resolve()
     if not source.is_file():
         raise CheckpointError(f"No such file: {source}")
     weight = card.weight
     digest = sha256_of(source)
-    if weight.sha256 and digest != weight.sha256 and not force:
-        raise CheckpointError(
-            f"{source.name} does not match the published {weight.file} (sha256 {digest[:12]}... expected "
-            f"{weight.sha256[:12]}...). Use --force to install it anyway."
-        )
+    _check_digest(card, source.name, digest, force)
     _check_family(card, source)
     target_dir = weights_dir(card)
-    target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / weight.file
-    if target.exists() or target.is_symlink():
-        target.unlink()
-    if link:
-        target.symlink_to(source)
-    else:
-        with tempfile.NamedTemporaryFile(dir=target_dir, delete=False, suffix=".part") as tmp:
-            tmp_path = Path(tmp.name)
-        shutil.copyfile(source, tmp_path)
-        os.replace(tmp_path, target)
-    _write_record(card, weight.file, digest, str(source), linked=link)
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+        if link:
+            with replacing_link(target) as temp:
+                temp.symlink_to(source)
+        else:
+            def verify(copy: Path) -> None:
+                if copied["sha256"] != digest:
+                    raise CheckpointError(f"{source.name} changed while it was copied; install it again")
+                _check_family(card, copy)
+
+            copied = {}
+            with replacing(target, verify=verify) as temp:
+                copied["sha256"] = _copy_hashing(source, temp)
+        _write_record(card, weight.file, digest, source.stat().st_size, str(source), linked=link, forced=force
+                      and digest != weight.sha256 and weight.sha256 is not None)
+    except OSError as exc:
+        raise CheckpointError(f"Cannot install {card.id} into {target_dir}: {exc.strerror or exc}; "
+                              "the previous weights (if any) are unchanged") from None
     return target
 
 
+def _check_digest(card: ModelCard, name: str, digest: str, force: bool) -> None:
+    weight = card.weight
+    if weight.sha256 and digest != weight.sha256 and not force:
+        raise CheckpointError(
+            f"{name} does not match the published {weight.file} (sha256 {digest[:12]}... expected "
+            f"{weight.sha256[:12]}...). Use --force to install it anyway."
+        )
+
+
+def _copy_hashing(source: Path, temp: Path) -> str:
+    """Copy ``source`` to the new file ``temp`` (every byte written, else ENOSPC) and return the copy's sha256."""
+    digest = hashlib.sha256()
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with open(source, "rb") as stream:
+            while block := stream.read(1 << 22):
+                write_fully(fd, block)
+                digest.update(block)
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+@contextmanager
+def replacing_link(target: Path):
+    """A symbolic link made at a temporary name, then renamed over ``target``."""
+    temp = temp_path(target)
+    try:
+        yield temp
+        os.replace(temp, target)
+        fsync_dir(target.parent)
+    finally:
+        if temp.is_symlink():
+            temp.unlink()
+
+
+def _expected_families(card: ModelCard) -> set[str]:
+    """What ``sniff`` must say of a file for this card: its family exactly (MedSAM has SAM's layout; LVM-Med's
+    fine-tuned ViT files hold a whole SAM)."""
+    return {"medsam": {"sam"}, "lvm_med_vit": {"lvm_med_vit", "sam"}}.get(card.family, {card.family})
+
+
 def _check_family(card: ModelCard, path: Path) -> None:
-    """Refuse a file of another family before it is installed under this model's name."""
+    """Refuse a file of another family or architecture before it is installed under this model's name."""
     from .checkpoint import read_checkpoint
     from .families import family_module
 
@@ -155,17 +228,36 @@ def _check_family(card: ModelCard, path: Path) -> None:
     if card.weight.role == "backbone" and hasattr(module, "sniff_backbone"):
         if module.sniff_backbone(state):
             return
-    if module.sniff(state) is None:
-        raise CheckpointError(f"{path.name} is not a {card.family} checkpoint; it cannot be installed as {card.name}.")
+    found = module.sniff(state)
+    if found not in _expected_families(card):
+        from .families import guess_family
+
+        try:
+            found = found or guess_family(state)
+        except CheckpointError:
+            found = None
+        looks = f" (it holds a {found} network)" if found else ""
+        raise CheckpointError(f"{path.name} is not a {card.family} checkpoint{looks}; "
+                              f"it cannot be installed as {card.name}.")
+    wanted = dict(card.architecture)
+    if wanted and hasattr(module, "architecture"):
+        have = module.architecture(state)
+        wrong = {key: have.get(key) for key, value in wanted.items() if have.get(key) != value}
+        if wrong:
+            shown = ", ".join(f"{key} {value} (the card says {wanted[key]})" for key, value in wrong.items())
+            raise CheckpointError(f"{path.name} has another architecture: {shown}; it cannot be installed as "
+                                  f"{card.name}.")
 
 
-def _write_record(card: ModelCard, file: str, digest: str, source: str, linked: bool) -> None:
-    records = _records(card)
-    records[file] = {"sha256": digest, "source": source, "linked": linked, "installed": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    path = _record_path(card)
-    tmp = path.with_suffix(".json.part")
-    tmp.write_text(json.dumps(records, indent=2))
-    os.replace(tmp, path)
+def _write_record(card: ModelCard, file: str, digest: str, size: int, source: str, linked: bool,
+                  forced: bool) -> None:
+    try:
+        records = _records(card)
+    except CheckpointError:
+        records = {}  # a damaged record is replaced by this install's
+    records[file] = {"sha256": digest, "size": size, "source": source, "linked": linked, "forced": forced,
+                     "installed": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    atomic_write_json(_record_path(card), records)
 
 
 def download(card: ModelCard, progress: ProgressCallback | None = None, timeout: float = 30.0) -> Path:

@@ -68,8 +68,95 @@ def test_install_refuses_another_family(tmp_path):
     path = tmp_path / "sam_vit_b_01ec64.pth"
     torch.save({"some.layer.weight": torch.zeros(2)}, path)
     with pytest.raises(CheckpointError, match="cannot be installed as SAM ViT-B"):
-        wm.install_from_file(get_card("sam-vit-b"), path)
+        wm.install_from_file(get_card("sam-vit-b"), path, force=True)
     assert wm.weight_status(get_card("sam-vit-b")).state == wm.MISSING
+
+
+def test_install_compares_family_and_architecture_exactly(tmp_path):
+    """LiteMedSAM is a box2d file of the SAM module but not a SAM ViT-B; neither is a ViT-L layout."""
+    lite = wm.weights_path(get_card("lite-medsam"))
+    with pytest.raises(CheckpointError, match="not a sam checkpoint .*lite_medsam"):
+        wm.install_from_file(get_card("sam-vit-b"), lite, force=True)
+    sd = {k: v for k, v in read_checkpoint(lite).items() if k.startswith(("prompt_encoder.", "mask_decoder."))}
+    vit_l = tmp_path / "sam_vit_l.pth"
+    torch.save({**sd, "image_encoder.patch_embed.proj.weight": torch.zeros(1024, 3, 16, 16),
+                "image_encoder.neck.0.weight": torch.zeros(256, 1024, 1, 1)}, vit_l)
+    with pytest.raises(CheckpointError, match="another architecture: size vit_l"):
+        wm.install_from_file(get_card("sam-vit-b"), vit_l, force=True)
+    assert wm.weight_status(get_card("sam-vit-b")).state == wm.MISSING
+    assert not list(wm.weights_dir(get_card("sam-vit-b")).glob("*"))
+
+
+def test_install_swaps_atomically_and_a_full_disk_keeps_the_old_weights(tmp_path, monkeypatch):
+    import os
+
+    from napari_medseg import atomic
+
+    card = get_card("lite-medsam")
+    installed = wm.install_from_file(card, wm.weights_path(card))
+    before = sha256_of(installed)
+    written = []
+
+    def full_disk(fd, data):
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(os.write(fd, bytes(data)[: len(data) // 2]))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(wm, "write_fully", full_disk)
+        with pytest.raises(CheckpointError, match="No space left on device.*unchanged"):
+            wm.install_from_file(card, wm.bundled_path(card.weight))
+    assert written and sha256_of(installed) == before
+    assert sorted(p.name for p in installed.parent.iterdir()) == ["installed.json", "lite_medsam.pth"]
+    assert not list(installed.parent.glob(f"{atomic.TEMP_MARK}*")) and not list(installed.parent.glob("*.part"))
+    assert wm.verify(card).state == wm.INSTALLED
+
+
+def test_forced_wrong_file_leaves_the_old_model_usable(tmp_path):
+    card = get_card("lite-medsam")
+    wrong = tmp_path / "lite_medsam.pth"
+    torch.save({"some.layer.weight": torch.zeros(2)}, wrong)
+    with pytest.raises(CheckpointError, match="cannot be installed"):
+        wm.install_from_file(card, wrong, force=True)
+    status = wm.weight_status(card)
+    assert status.state == wm.BUNDLED and not (wm.weights_dir(card) / "lite_medsam.pth").exists()
+    # a forced file of the right layout (not the published bytes) is installed and stays usable
+    retrained = tmp_path / "retrained.pth"
+    torch.save(read_checkpoint(wm.bundled_path(card.weight)), retrained)
+    path = wm.install_from_file(card, retrained, force=True)
+    assert wm.verify(card).state == wm.INSTALLED and "--force" in wm.weight_status(card).detail
+    assert load_checkpoint(wm.weights_path(card), family="lite_medsam").path == path
+
+
+def test_damaged_install_record_is_one_line_and_reinstall_repairs_it(capsys):
+    from napari_medseg.cli import main
+
+    card = get_card("lite-medsam")
+    wm.install_from_file(card, wm.weights_path(card))
+    record = wm.weights_dir(card) / "installed.json"
+    for damage in (b"{not json", b"\xff\xfe", b"[1, 2]", b'{"lite_medsam.pth": {"size": "big"}}'):
+        record.write_bytes(damage)
+        with pytest.raises(CheckpointError, match="install record .* is damaged"):
+            wm.weight_status(card)
+        assert main(["models"]) == 0
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "damaged" in err and "Traceback" not in err
+    assert main(["models", "install", "lite-medsam", str(wm.bundled_path(card.weight))]) == 0
+    assert wm.verify(card).state == wm.INSTALLED
+
+
+def test_install_of_bundled_weights_does_nothing(capsys):
+    from napari_medseg.cli import main
+
+    assert main(["models", "install", "lite-medsam"]) == 0
+    assert "bundled" in capsys.readouterr().out
+    assert not wm.weights_dir(get_card("lite-medsam")).exists()
+
+
+def test_sam_cards_carry_the_published_sha256():
+    for model_id in ("sam-vit-b", "sam-vit-l", "sam-vit-h"):
+        card = get_card(model_id)
+        assert len(card.weight.sha256) == 64 and card.weight.url and not card.weight.manual_download
 
 
 def test_missing_weights_say_how_to_install():
@@ -117,6 +204,17 @@ def test_checkpoint_safety(tmp_path):
     plain_pickle.write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(CheckpointError):
         read_checkpoint(plain_pickle)
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 20, b"hello world\n" * 10, pickle.dumps({"a": 1})])
+def test_files_that_are_no_checkpoint_are_not_called_unsafe(tmp_path, content):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    text = str(info.value)
+    assert "arbitrary Python objects" not in text and "weights_only" not in text and "\n" not in text, text
+    assert "not a PyTorch checkpoint" in text or "corrupt or truncated" in text, text
 
 
 def test_nnunet_numpy_log_entries_are_allowed(tmp_path):

@@ -173,3 +173,130 @@ def test_train_out_that_is_a_file_is_refused(tmp_path, capsys, monkeypatch):
                  "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is a file" in err, err
+
+
+def _no_model_may_load(monkeypatch):
+    import napari_medseg.training.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "initial_model", lambda *a, **k: pytest.fail("the model loaded"))
+
+
+def _label_folders(tmp_path, label_values):
+    import nibabel as nib
+
+    for sub in ("images", "labels"):
+        (tmp_path / sub).mkdir(parents=True)
+    for index, value in enumerate(label_values):
+        labels = np.zeros((12, 10, 4), np.int16)
+        labels[2:6, 2:6] = value
+        nib.save(nib.Nifti1Image(np.ones((12, 10, 4), np.float32), np.eye(4)), tmp_path / "images" / f"c{index}.nii.gz")
+        nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / "labels" / f"c{index}.nii.gz")
+    return tmp_path / "images", tmp_path / "labels"
+
+
+def test_negative_training_labels_are_refused_not_wrapped(tmp_path, capsys, monkeypatch):
+    _no_model_may_load(monkeypatch)
+    images, labels = _label_folders(tmp_path, [1, -1])
+    assert main(["train", "--images", str(images), "--labels", str(labels), "--model", "lite-medsam",
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "c1.nii.gz: label value -1 is negative" in err, err
+
+
+def test_labels_outside_the_datasets_classes_are_refused(tmp_path, capsys, monkeypatch):
+    _no_model_may_load(monkeypatch)
+    images, labels = _label_folders(tmp_path / "Dataset001", [1, 3])
+    (tmp_path / "Dataset001" / "imagesTr").mkdir()
+    for path in sorted(images.iterdir()):
+        path.rename(tmp_path / "Dataset001" / "imagesTr" / path.name.replace(".nii.gz", "_0000.nii.gz"))
+    labels.rename(tmp_path / "Dataset001" / "labelsTr")
+    (tmp_path / "Dataset001" / "dataset.json").write_text(json.dumps(
+        {"channel_names": {"0": "MR"}, "labels": {"background": 0, "lesion": 1}, "numTraining": 2,
+         "file_ending": ".nii.gz"}))
+    assert main(["train", "--images", str(tmp_path / "Dataset001"), "--model", "lite-medsam",
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "c1.nii.gz: label values 3 are not among the dataset's classes" in err, err
+
+
+def _interrupted_run(images, labels, out, **changes):
+    """An --out folder holding a last.pt whose fingerprint matches (or, with ``changes``, differs from) the
+    run that ``medseg train --images images --labels labels --model lite-medsam`` starts."""
+    import torch
+
+    from napari_medseg.training.datasets import cases_from_folders, data_hash
+
+    out.mkdir()
+    fingerprint = {"model": "lite-medsam", "init": "registry", "data": data_hash(cases_from_folders(images, labels)),
+                   "val_fraction": 0.2, "batch": 4, "world": 1, **changes}
+    torch.save({"fingerprint": fingerprint, "step": 2}, out / "last.pt")
+    return out
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncated best", "best.pt: best.pt is corrupt or truncated"),
+    ("crafted best", "best.pt: best.pt needs arbitrary Python objects"),
+    ("list best", "best.pt: it does not hold the state of this run"),
+    ("truncated last", "last.pt: last.pt is corrupt or truncated"),
+    ("foreign run", "holds a run with other data or settings"),
+])
+def test_unusable_resume_state_is_one_line_before_the_model_loads(damage, message, tmp_path, capsys, monkeypatch):
+    import torch
+
+    _no_model_may_load(monkeypatch)
+    images, labels = _label_folders(tmp_path, [1, 1])
+    out = _interrupted_run(images, labels, tmp_path / "run", **({"data": "other"} if damage == "foreign run" else {}))
+    torch.save({"w": torch.ones(1000)}, out / "best.pt")
+    if damage == "truncated best":
+        (out / "best.pt").write_bytes((out / "best.pt").read_bytes()[:900])
+    elif damage == "crafted best":
+        torch.save({"w": Crafted()}, out / "best.pt")
+    elif damage == "list best":
+        torch.save([1, 2], out / "best.pt")
+    elif damage == "truncated last":
+        (out / "last.pt").write_bytes((out / "last.pt").read_bytes()[:300])
+    assert main(["train", "--images", str(images), "--labels", str(labels), "--model", "lite-medsam",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and "weights_only" not in err, err
+
+
+class Crafted:
+    pass
+
+
+def test_a_fine_tune_worse_than_its_start_is_saved_but_not_registered(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import napari_medseg.training.pipeline as pipeline
+    import napari_medseg.training.register as register
+    from napari_medseg.training.datasets import Case
+    from napari_medseg.training.trainer import TrainResult
+
+    class Adapter:  # the parts of a family adapter fine_tune uses, validating at 0.9 before training
+        family, task, classes = "lite_medsam", "box2d", {0: "background", 1: "object"}
+        prepare = eval_mode = lambda self, *a, **k: None
+        sample_count = validation_count = lambda self: 1
+        validate = lambda self: 0.9
+        input_spec = lambda self: {}
+
+    weights = tmp_path / "run" / "model" / "lite_medsam.pth"
+    weights.parent.mkdir(parents=True)  # what train() leaves behind
+    monkeypatch.setattr(pipeline, "initial_model", lambda *a, **k: SimpleNamespace(sha256="0" * 64, classes={}))
+    monkeypatch.setattr(pipeline, "make_adapter", lambda *a, **k: Adapter())
+    monkeypatch.setattr(pipeline, "train", lambda *a, **k: TrainResult(0.5, 1, 1, 4, 1.0, "budget", weights, []))
+    registered = []
+    monkeypatch.setattr(register, "register_model",
+                        lambda *a, **k: registered.append(k["model_id"]) or SimpleNamespace(id=k["model_id"], source="x"))
+    image, labels = Image(np.ones((20, 20), np.float32), (1, 1), (0, 0), np.eye(2)), np.eye(20, dtype=np.uint8)
+    logged = []
+    summary = pipeline.fine_tune("lite-medsam", tmp_path / "run", cases=[Case("c", image, labels)], name="worse",
+                                 device="cpu", log=logged.append)
+    assert summary["model_id"] is None and registered == []
+    assert [m for m in logged if m.startswith("not registered")] == [summary["not_registered"]]
+    assert "0.5000 is below the starting model's 0.9000" in summary["not_registered"]
+    assert str(weights) in summary["not_registered"] and "--register-worse" in summary["not_registered"]
+    assert read_metrics(tmp_path / "run" / "metrics.json")["not_registered"] == summary["not_registered"]
+    summary = pipeline.fine_tune("lite-medsam", tmp_path / "run", cases=[Case("c", image, labels)], name="worse",
+                                 device="cpu", log=logged.append, register_worse=True)
+    assert summary["model_id"] == "worse" and registered == ["worse"]

@@ -312,3 +312,23 @@ def test_save_costs_the_same_in_a_small_and_a_large_store(tmp_path, make_volume,
 
     small, large = hashes_of_saves("small", 1), hashes_of_saves("large", 6)
     assert small == large and 0 < len(small) <= 6
+
+
+def test_a_new_image_in_a_read_only_store_is_one_line(tmp_path, make_volume, monkeypatch):
+    """Creating the new entry's folder fails as on a read-only mount (permission bits do not stop root)."""
+    import errno
+    import os
+
+    image, labels = make_volume()
+    store = AnnotationStore(tmp_path / "project")
+    real_mkdir = Path.mkdir
+
+    def read_only_mkdir(self, *args, **kwargs):
+        if self.is_relative_to(store.folder / "entries"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only_mkdir)
+    with pytest.raises(MedsegError, match=r"^Cannot save into the project .*: Read-only file system \(") as info:
+        store.save(image, labels)
+    assert "\n" not in str(info.value)

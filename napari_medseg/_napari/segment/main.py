@@ -49,10 +49,14 @@ class SegmentWidget(SegmentControls):
         return get_card(self.model_combo.currentData())
 
     def _model_changed(self, *_):
-        from ...models.weights import BUNDLED, INSTALLED, weight_status
+        from ...errors import CheckpointError
+        from ...models.weights import BUNDLED, INSTALLED, WeightStatus, weight_status
 
         card = self.card
-        status = weight_status(card)
+        try:
+            status = weight_status(card)
+        except CheckpointError as exc:  # a damaged install record: say so, reinstalling repairs it
+            status = WeightStatus("damaged", None, str(exc))
         self.weights_hint = f"Weights: {status.state}" + (f" — {status.detail}" if status.detail else "")
         self.model_status.setText(linkify(self.weights_hint))
         self.model_status.setToolTip(card.description)
