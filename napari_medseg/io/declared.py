@@ -1,0 +1,225 @@
+"""What a header declares vs what the file holds, checked before any reader allocates pixel memory.
+
+A header of a few bytes can declare gigabytes of voxels, and ITK, tifffile and GDCM allocate the
+declared buffer before they find the data missing. Each check here compares the declared size with
+the bytes present (raw data: the file size; compressed data: the decompressed stream, its checksum
+verified in bounded memory) and with the memory this process can still get.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ImageReadError
+from .streams import sniff, stream_size
+
+_HEADER_LIMIT = 1 << 20  # text headers longer than this are not headers
+_MAX_DATA_FILES = 100_000
+# a compressed stream may hold this much more than declared before it counts as a decompression bomb
+_STREAM_SLACK = 64 << 20
+
+
+@dataclass(frozen=True)
+class DataPart:
+    """One stretch of pixel data: a file, where the data start, how they are encoded."""
+
+    path: Path
+    offset: int = 0  # bytes before the data (raw) or before the compressed stream
+    encoding: str = "raw"  # raw, gzip, zlib, ascii, hex
+    skip: int = 0  # bytes skipped at the start of the decoded data; -1: the data end the file (raw only)
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: free RAM, capped by an address-space limit if one is set."""
+    found = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm", encoding="ascii") as handle:
+                used = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            found.append(max(soft - used, 0))
+    except (ImportError, OSError, ValueError, IndexError):
+        pass
+    return min(found) if found else None
+
+
+def check_memory(nbytes: int, what: str, copies: int = 1) -> None:
+    """Refuse an image whose pixels (times the copies the reader makes) do not fit in memory."""
+    free = available_memory()
+    if free is not None and nbytes * copies > free:
+        raise ImageReadError(f"{what} declares {_size(nbytes)} of pixels, more than the {_size(free // copies)} "
+                             "of memory available to read it")
+
+
+def check_present(parts: list[DataPart], expected: int, what: str, itemsize: int = 1) -> None:
+    """Refuse data that hold fewer bytes than the header declares (compressed streams fully verified)."""
+    present = 0
+    for part in parts:
+        if not part.path.is_file():
+            raise ImageReadError(f"{what}: its data file {part.path.name} does not exist")
+        size = max(part.path.stat().st_size - part.offset, 0)
+        if part.encoding == "raw":
+            present += size if part.skip < 0 else max(size - part.skip, 0)
+        elif part.encoding in ("gzip", "zlib"):
+            limit = part.skip + 4 * expected + _STREAM_SLACK
+            decoded = stream_size(part.path, offset=part.offset, kind=part.encoding, limit=limit, what=what)
+            if decoded > limit:
+                raise ImageReadError(f"{what} is corrupt: its {part.encoding} data decompress to far more "
+                                     f"than the {_size(expected)} its header declares")
+            present += max(decoded - part.skip, 0)
+        elif part.encoding == "hex":
+            present += size // 2
+        else:  # ascii: each value takes at least one digit and a separator
+            present += (size + 1) // 2 * itemsize
+    if present < expected:
+        raise ImageReadError(f"{what} is truncated: {present} of {expected} bytes present")
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} bytes"
+
+
+# ---- what ITK will allocate ----------------------------------------------------------------------------
+def itk_declared_bytes(path: Path, what: str) -> tuple[int, int]:
+    """Bytes of the buffer SimpleITK allocates for `path` and of one pixel component, from its header alone."""
+    import SimpleITK as sitk
+
+    from ._sitk import itk_reason
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        size = reader.GetSize()
+        component = sitk.Image([1] * len(size), reader.GetPixelID(), reader.GetNumberOfComponents())
+        itemsize = component.GetSizeOfPixelComponent()
+        return math.prod(size) * reader.GetNumberOfComponents() * itemsize, itemsize
+    except RuntimeError as exc:
+        raise ImageReadError(f"Cannot read {what}: {itk_reason(exc)}") from None
+
+
+def check_itk_file(path: Path, fmt: str) -> None:
+    """NRRD and MetaImage: the data present (compressed ones verified) hold what the header declares."""
+    what = path.name
+    expected, itemsize = itk_declared_bytes(path, what)
+    parts = nrrd_parts(path) if fmt == "nrrd" else metaimage_parts(path)
+    check_present(parts, expected, what, itemsize)
+    check_memory(expected, what, copies=2)  # ITK's buffer and numpy's copy of it
+
+
+# ---- text headers ---------------------------------------------------------------------------------------
+def _header_lines(path: Path, end) -> tuple[list[str], str, int]:
+    """Decoded header lines before the one for which `end(line)` is true, that line, and the offset after it."""
+    with open(path, "rb") as handle:
+        head = handle.read(_HEADER_LIMIT)
+    lines, offset = [], 0
+    for raw in head.splitlines(keepends=True):
+        offset += len(raw)
+        line = raw.rstrip(b"\r\n").decode("latin-1")
+        if end(line):
+            return lines, line, offset
+        lines.append(line)
+    return lines, "", offset
+
+
+def _data_files(spec: str, header: Path, listed: list[str]) -> list[Path]:
+    """Files named by a detached-data field: one name, a `LIST` (names follow), or a printf pattern."""
+    folder, words = header.parent, spec.split()
+    if words and words[0] == "LIST":
+        return [folder / name.strip() for name in listed if name.strip()]
+    if len(words) >= 4 and "%" in words[0]:
+        try:
+            first, last, step = (int(word) for word in words[1:4])
+            indices = range(first, last + (1 if step > 0 else -1), step or 1)
+            if len(indices) > _MAX_DATA_FILES:
+                raise ValueError
+            return [folder / (words[0] % index) for index in indices]
+        except (ValueError, TypeError):
+            raise ImageReadError(f"{header.name}'s data file pattern {spec!r} is malformed") from None
+    return [folder / spec.strip()]
+
+
+def nrrd_parts(path: Path) -> list[DataPart]:
+    """The data of an NRRD file (attached after the blank line, or detached in `data file`)."""
+    lines, _, offset = _header_lines(path, lambda line: line == "")
+    fields, listed = {}, []
+    for index, line in enumerate(lines[1:], 1):
+        if line.startswith("#") or ":=" in line or ":" not in line:
+            continue
+        key, value = line.split(":", 1)
+        key = key.strip().lower().replace(" ", "")
+        fields[key] = value.strip()
+        if key == "datafile":
+            listed = lines[index + 1:]  # the names of a `data file: LIST`
+    encoding = fields.get("encoding", "raw").lower()
+    encoding = {"gz": "gzip", "bz2": "bzip2", "txt": "ascii", "text": "ascii"}.get(encoding, encoding)
+    if encoding == "bzip2":
+        raise ImageReadError(f"{path.name} is bzip2-encoded, which SimpleITK's NRRD reader cannot decode; "
+                             "save it with gzip or raw encoding")
+    line_skip, byte_skip = _int(fields.get("lineskip", "0"), path), _int(fields.get("byteskip", "0"), path)
+    spec = fields.get("datafile")
+    if spec is None:
+        files, start = [path], _skip_lines(path, offset, line_skip)
+    else:
+        files, start = _data_files(spec, path, listed), None
+    return [DataPart(file, start if start is not None else _skip_lines(file, 0, line_skip), encoding, byte_skip)
+            for file in files]
+
+
+def metaimage_parts(path: Path) -> list[DataPart]:
+    """The data of a MetaImage file (after `ElementDataFile = LOCAL`, or in the files it names)."""
+    lines, last, offset = _header_lines(path, lambda line: line.split("=", 1)[0].strip().lower() == "elementdatafile")
+    fields = {}
+    for line in lines:
+        if "=" in line:
+            key, value = line.split("=", 1)
+            fields[key.strip().lower()] = value.strip()
+    spec = last.split("=", 1)[-1].strip()  # ElementDataFile, the last field of the header
+    compressed = fields.get("compresseddata", "false").lower() == "true"
+    header_size = _int(fields.get("headersize", "0"), path)
+    if spec.upper() == "LOCAL":
+        files, start = [path], offset
+    else:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            listed = handle.read(_HEADER_LIMIT).decode("latin-1").splitlines()
+        files, start = _data_files(spec, path, listed), None
+    parts = []
+    for file in files:
+        begin = start if start is not None else max(header_size, 0)
+        kind = (sniff(file, begin) if file.is_file() else "zlib") if compressed else "raw"
+        parts.append(DataPart(file, begin, kind, -1 if header_size < 0 and not compressed else 0))
+    return parts
+
+
+def _skip_lines(path: Path, offset: int, count: int) -> int:
+    if not path.is_file():
+        return offset  # check_present reports the missing file
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        for _ in range(max(count, 0)):
+            if not handle.readline():
+                break
+        return handle.tell()
+
+
+def _int(text: str, path: Path) -> int:
+    match = re.fullmatch(r"\s*-?\d+\s*", text)
+    if match is None:
+        raise ImageReadError(f"{path.name} has a malformed header field ({text[:40]!r} is not a whole number)")
+    return int(text)
