@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ImageReadError
+from .declared import check_memory
 from .image import Image
 from .streams import stream_size
 
@@ -38,6 +39,7 @@ def checked_nifti(path: Path):
         found = os.path.getsize(path)
     if found < expected:
         raise ImageReadError(f"NIfTI {path.name} is truncated: {found} of {expected} bytes present")
+    check_memory(expected - offset, f"NIfTI {path.name}", copies=2)  # ITK's buffer and numpy's copy of it
     return nii
 
 

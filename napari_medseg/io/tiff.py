@@ -2,18 +2,22 @@
 from __future__ import annotations
 
 import logging
+import math
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ImageReadError
+from .declared import check_memory
 from .image import Image
 
 # millimetres per unit, for OME and ImageJ unit names
 _MM_PER_UNIT = {"nm": 1e-6, "µm": 1e-3, "um": 1e-3, "micron": 1e-3, "microns": 1e-3, "\\u00b5m": 1e-3,
                 "mm": 1.0, "cm": 10.0, "m": 1000.0}
-_Z_AXES, _CHANNEL_AXES = "ZQI", "CS"  # Q: unknown and I: generic sequence axes, as tifffile names them
+_Z_AXES, _CHANNEL_AXES = "ZQI", "CS"
+# the most a stored byte can expand to: deflate's 1032:1, 12-bit LZW codes of up to 4096 bytes, PackBits' 2 -> 128
+_MAX_EXPANSION = {8: 1032, 32946: 1032, 5: 2731, 32773: 64}  # Q: unknown and I: generic sequence axes, as tifffile names them
 
 
 class _TiffLog(logging.Handler):
@@ -40,14 +44,20 @@ def read_tiff(path: Path) -> Image:
     try:
         with _TiffLog() as log, tifffile.TiffFile(path) as tif:
             series = tif.series[0]
+            _check_declared(series, tif.filehandle.size, path.name)
             array = series.asarray()
             page = tif.pages[0]
             sizes, metadata = _physical_sizes(tif, page)
             photometric_rgb = page.photometric == tifffile.PHOTOMETRIC.RGB
             alpha = len(page.extrasamples) > 0
             axes = series.axes.upper()
+    except ImageReadError:
+        raise
     except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError, ElementTree.ParseError) as exc:
         raise ImageReadError(f"Cannot read TIFF {path.name}: {exc}".splitlines()[0]) from None
+    except Exception as exc:  # tifffile fails on damaged tags with whatever their values raise
+        raise ImageReadError(f"Cannot read TIFF {path.name}: damaged header ({type(exc).__name__}: {exc})"
+                             .splitlines()[0]) from None
     if any("invalid page offset" in message for message in log.messages):
         raise ImageReadError(f"TIFF {path.name} is truncated or corrupt (its page list is broken)")
     metadata.update(format="tiff", original_dtype=str(array.dtype), axes=axes, warnings=log.messages)
@@ -62,6 +72,31 @@ def read_tiff(path: Path) -> Image:
     return Image(array, spacing, (0.0,) * len(spatial), np.eye(len(spatial)),
                  modality="RGB" if rgb and len(spatial) == 2 else "microscopy",
                  intensity="rgb" if rgb else "raw", channel_axis=channel_axis, metadata=metadata)
+
+
+def _check_declared(series, file_size: int, name: str) -> None:
+    """The pages' stored bytes can hold what their tags declare; the decoded series fits in memory.
+
+    Uncompressed data must be all there; deflate, LZW and PackBits expand by a bounded factor, so
+    their stored bytes set an upper limit to what they can hold. Other codecs: memory only.
+    """
+    declared = math.prod(series.shape) * series.dtype.itemsize
+    present, needed, capacity = 0, 0, 0
+    for page in series.pages:
+        if page is None:
+            continue
+        key = page.keyframe
+        stored = sum(max(min(offset + count, file_size) - offset, 0) if offset >= 0 else 0
+                     for offset, count in zip(page.dataoffsets, page.databytecounts))
+        present += stored
+        needed += key.size * key.bitspersample // 8
+        ratio = 1 if key.compression == 1 else _MAX_EXPANSION.get(key.compression)
+        capacity = None if capacity is None or ratio is None else capacity + stored * ratio
+    if capacity is not None and capacity < needed:
+        state = f"truncated: {present} of {needed} bytes present" if capacity == present else (
+            f"corrupt: its {present} bytes of compressed data cannot hold the {needed} bytes its tags declare")
+        raise ImageReadError(f"TIFF {name} is {state}")
+    check_memory(declared, f"TIFF {name}")
 
 
 def _to_zyxc(array: np.ndarray, axes: str, name: str) -> tuple[np.ndarray, str]:
