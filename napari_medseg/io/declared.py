@@ -95,8 +95,9 @@ def _size(nbytes: int) -> str:
 
 
 # ---- what ITK will allocate ----------------------------------------------------------------------------
-def itk_declared_bytes(path: Path, what: str) -> tuple[int, int]:
-    """Bytes of the buffer SimpleITK allocates for `path` and of one pixel component, from its header alone."""
+def itk_header(path: Path, what: str) -> tuple[tuple[int, ...], int, int]:
+    """Size (x, y[, z, ...]), components per pixel and bytes per component that SimpleITK reads from
+    `path`'s header alone: the buffer it will allocate."""
     import SimpleITK as sitk
 
     from ._sitk import itk_reason
@@ -105,10 +106,9 @@ def itk_declared_bytes(path: Path, what: str) -> tuple[int, int]:
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
-        size = reader.GetSize()
-        component = sitk.Image([1] * len(size), reader.GetPixelID(), reader.GetNumberOfComponents())
-        itemsize = component.GetSizeOfPixelComponent()
-        return math.prod(size) * reader.GetNumberOfComponents() * itemsize, itemsize
+        size, components = tuple(reader.GetSize()), reader.GetNumberOfComponents()
+        pixel = sitk.Image([1] * len(size), reader.GetPixelID(), components)
+        return size, components, pixel.GetSizeOfPixelComponent()
     except RuntimeError as exc:
         raise ImageReadError(f"Cannot read {what}: {itk_reason(exc)}") from None
 
@@ -116,7 +116,8 @@ def itk_declared_bytes(path: Path, what: str) -> tuple[int, int]:
 def check_itk_file(path: Path, fmt: str) -> None:
     """NRRD and MetaImage: the data present (compressed ones verified) hold what the header declares."""
     what = path.name
-    expected, itemsize = itk_declared_bytes(path, what)
+    size, components, itemsize = itk_header(path, what)
+    expected = math.prod(size) * components * itemsize
     parts = nrrd_parts(path) if fmt == "nrrd" else metaimage_parts(path)
     check_present(parts, expected, what, itemsize)
     check_memory(expected, what, copies=2)  # ITK's buffer and numpy's copy of it

@@ -44,7 +44,8 @@ def read_tiff(path: Path) -> Image:
     try:
         with _TiffLog() as log, tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            _check_declared(series, tif.filehandle.size, path.name)
+            check_stored(series, tif.filehandle.size, path.name)
+            check_memory(math.prod(series.shape) * series.dtype.itemsize, f"TIFF {path.name}")
             array = series.asarray()
             page = tif.pages[0]
             sizes, metadata = _physical_sizes(tif, page)
@@ -74,29 +75,32 @@ def read_tiff(path: Path) -> Image:
                  intensity="rgb" if rgb else "raw", channel_axis=channel_axis, metadata=metadata)
 
 
-def _check_declared(series, file_size: int, name: str) -> None:
-    """The pages' stored bytes can hold what their tags declare; the decoded series fits in memory.
+def check_stored(series, file_size: int, name: str) -> None:
+    """Every page's data lie within the file and can hold what its tags declare.
 
     Uncompressed data must be all there; deflate, LZW and PackBits expand by a bounded factor, so
-    their stored bytes set an upper limit to what they can hold. Other codecs: memory only.
+    their stored bytes set an upper limit to what they can hold (other codecs: no limit known).
     """
-    declared = math.prod(series.shape) * series.dtype.itemsize
-    present, needed, capacity = 0, 0, 0
+    present = stored = needed = capacity = 0
+    compressed = False
     for page in series.pages:
         if page is None:
             continue
         key = page.keyframe
-        stored = sum(max(min(offset + count, file_size) - offset, 0) if offset >= 0 else 0
-                     for offset, count in zip(page.dataoffsets, page.databytecounts))
-        present += stored
+        page_stored = sum(page.databytecounts)
+        stored += page_stored
+        present += sum(max(min(offset + count, file_size) - offset, 0) if offset >= 0 else 0
+                       for offset, count in zip(page.dataoffsets, page.databytecounts))
         needed += key.size * key.bitspersample // 8
+        compressed |= key.compression != 1
         ratio = 1 if key.compression == 1 else _MAX_EXPANSION.get(key.compression)
-        capacity = None if capacity is None or ratio is None else capacity + stored * ratio
+        capacity = None if capacity is None or ratio is None else capacity + page_stored * ratio
+    if present < stored:  # data run past the end of the file
+        raise ImageReadError(f"TIFF {name} is truncated: {present} of {stored} bytes present")
     if capacity is not None and capacity < needed:
-        state = f"truncated: {present} of {needed} bytes present" if capacity == present else (
-            f"corrupt: its {present} bytes of compressed data cannot hold the {needed} bytes its tags declare")
-        raise ImageReadError(f"TIFF {name} is {state}")
-    check_memory(declared, f"TIFF {name}")
+        raise ImageReadError(f"TIFF {name} is corrupt: its {stored} bytes of compressed data cannot hold the "
+                             f"{needed} bytes its tags declare" if compressed else
+                             f"TIFF {name} is truncated: {stored} of {needed} bytes present")
 
 
 def _to_zyxc(array: np.ndarray, axes: str, name: str) -> tuple[np.ndarray, str]:
