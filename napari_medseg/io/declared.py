@@ -30,6 +30,7 @@ class DataPart:
     offset: int = 0  # bytes before the data (raw) or before the compressed stream
     encoding: str = "raw"  # raw, gzip, zlib, ascii, hex
     skip: int = 0  # bytes skipped at the start of the decoded data; -1: the data end the file (raw only)
+    stored: int | None = None  # compressed bytes the header declares (MetaImage's CompressedDataSize)
 
 
 def available_memory() -> int | None:
@@ -63,8 +64,13 @@ def check_memory(nbytes: int, what: str, copies: int = 1) -> None:
                              "of memory available to read it")
 
 
-def check_present(parts: list[DataPart], expected: int, what: str, itemsize: int = 1) -> None:
-    """Refuse data that hold fewer bytes than the header declares (compressed streams fully verified)."""
+def check_present(parts: list[DataPart], expected: int, what: str, itemsize: int = 1, *, full: bool = True) -> None:
+    """Refuse data that hold fewer bytes than the header declares.
+
+    `full`: compressed streams are decompressed (bounded memory) and their checksums verified. Without
+    it (checking a file just written, whose failure mode is a lost tail) a gzip stream must end in the
+    trailer stating the expected length, a zlib stream must have the compressed length its header states.
+    """
     present = 0
     for part in parts:
         if not part.path.is_file():
@@ -72,6 +78,14 @@ def check_present(parts: list[DataPart], expected: int, what: str, itemsize: int
         size = max(part.path.stat().st_size - part.offset, 0)
         if part.encoding == "raw":
             present += size if part.skip < 0 else max(size - part.skip, 0)
+        elif part.encoding == "gzip" and not full:
+            if size < 18 or gzip_trailer_size(part.path) != (expected + part.skip) % (1 << 32):
+                raise ImageReadError(f"{what} is truncated: its gzip stream ends without its trailer")
+            present += expected
+        elif part.encoding == "zlib" and not full and part.stored is not None:
+            if size < part.stored:
+                raise ImageReadError(f"{what} is truncated: {size} of {part.stored} compressed bytes present")
+            present += expected
         elif part.encoding in ("gzip", "zlib"):
             limit = part.skip + 4 * expected + _STREAM_SLACK
             decoded = stream_size(part.path, offset=part.offset, kind=part.encoding, limit=limit, what=what)
@@ -85,6 +99,13 @@ def check_present(parts: list[DataPart], expected: int, what: str, itemsize: int
             present += (size + 1) // 2 * itemsize
     if present < expected:
         raise ImageReadError(f"{what} is truncated: {present} of {expected} bytes present")
+
+
+def gzip_trailer_size(path: Path) -> int:
+    """The uncompressed length (mod 2**32) that the last 4 bytes of a gzip file state."""
+    with open(path, "rb") as handle:
+        handle.seek(-4, 2)
+        return int.from_bytes(handle.read(4), "little")
 
 
 def _size(nbytes: int) -> str:
@@ -193,6 +214,7 @@ def metaimage_parts(path: Path) -> list[DataPart]:
     spec = last.split("=", 1)[-1].strip()  # ElementDataFile, the last field of the header
     compressed = fields.get("compresseddata", "false").lower() == "true"
     header_size = _int(fields.get("headersize", "0"), path)
+    stored = _int(fields["compresseddatasize"], path) if "compresseddatasize" in fields else None
     if spec.upper() == "LOCAL":
         files, start = [path], offset
     else:
@@ -204,7 +226,8 @@ def metaimage_parts(path: Path) -> list[DataPart]:
     for file in files:
         begin = start if start is not None else max(header_size, 0)
         kind = (sniff(file, begin) if file.is_file() else "zlib") if compressed else "raw"
-        parts.append(DataPart(file, begin, kind, -1 if header_size < 0 and not compressed else 0))
+        parts.append(DataPart(file, begin, kind, -1 if header_size < 0 and not compressed else 0,
+                              stored if len(files) == 1 else None))
     return parts
 
 

@@ -121,10 +121,10 @@ def _verify_itk(temp: Path, fmt: str, labels: np.ndarray) -> None:
     if size != labels.shape[::-1] or components != 1 or itemsize != labels.itemsize:
         raise ImageReadError(f"{temp.name} holds a {size} image of {itemsize}-byte voxels")
     if fmt == "nifti":
-        check_nifti_data(temp, nifti_header(temp))
+        check_nifti_data(temp, nifti_header(temp), full=False)
     else:
         parts = nrrd_parts(temp) if fmt == "nrrd" else metaimage_parts(temp)
-        check_present(parts, labels.nbytes, temp.name, itemsize)
+        check_present(parts, labels.nbytes, temp.name, itemsize, full=False)
 
 
 def _verify_png(temp: Path, labels: np.ndarray) -> None:

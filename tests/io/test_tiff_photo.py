@@ -108,7 +108,7 @@ def test_microscopy_labels_as_calibrated_imagej_tiff(tmp_path):
                                                   "PhysicalSizeZ": 2.0})
     image = read_image(path)
     out = write_labels(np.ones(image.spatial_shape, np.uint16) * 300, image, tmp_path / "cells_seg.tif", {300: "cell"})
-    (tmp_path / "cells_seg.json").unlink()  # without our sidecar, the ImageJ calibration still holds
+    (tmp_path / "cells_seg.tif.json").unlink()  # without our sidecar, the ImageJ calibration still holds
     back = read_image(out)
     assert back.metadata["physical_size"]["x"] == [pytest.approx(0.25), "um"]
     np.testing.assert_allclose(back.spacing, image.spacing, rtol=1e-6)
