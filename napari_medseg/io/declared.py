@@ -137,9 +137,9 @@ def itk_header(path: Path, what: str) -> tuple[tuple[int, ...], int, int]:
 def check_itk_file(path: Path, fmt: str) -> None:
     """NRRD and MetaImage: the data present (compressed ones verified) hold what the header declares."""
     what = path.name
+    parts = nrrd_parts(path) if fmt == "nrrd" else metaimage_parts(path)  # validates what ITK would crash on
     size, components, itemsize = itk_header(path, what)
     expected = math.prod(size) * components * itemsize
-    parts = nrrd_parts(path) if fmt == "nrrd" else metaimage_parts(path)
     check_present(parts, expected, what, itemsize)
     check_memory(expected, what, copies=2)  # ITK's buffer and numpy's copy of it
 
@@ -188,6 +188,7 @@ def nrrd_parts(path: Path) -> list[DataPart]:
         fields[key] = value.strip()
         if key == "datafile":
             listed = lines[index + 1:]  # the names of a `data file: LIST`
+    _check_nrrd_geometry(path, fields)
     encoding = fields.get("encoding", "raw").lower()
     encoding = {"gz": "gzip", "bz2": "bzip2", "txt": "ascii", "text": "ascii"}.get(encoding, encoding)
     if encoding == "bzip2":
@@ -211,6 +212,7 @@ def metaimage_parts(path: Path) -> list[DataPart]:
         if "=" in line:
             key, value = line.split("=", 1)
             fields[key.strip().lower()] = value.strip()
+    _check_metaimage_geometry(path, fields)
     spec = last.split("=", 1)[-1].strip()  # ElementDataFile, the last field of the header
     compressed = fields.get("compresseddata", "false").lower() == "true"
     header_size = _int(fields.get("headersize", "0"), path)
@@ -229,6 +231,53 @@ def metaimage_parts(path: Path) -> list[DataPart]:
         parts.append(DataPart(file, begin, kind, -1 if header_size < 0 and not compressed else 0,
                               stored if len(files) == 1 else None))
     return parts
+
+
+# MetaImage fields holding NDims values, or NDims x NDims (MetaIO reads that many, whatever is there)
+_META_VECTORS = ("dimsize", "elementspacing", "elementsize", "offset", "position", "origin", "centerofrotation")
+_META_MATRICES = ("transformmatrix", "rotation", "orientation")
+_MAX_DIMENSION = 16  # NRRD's limit; MetaIO's and SimpleITK's are lower and reported by ITK
+
+
+def _check_metaimage_geometry(path: Path, fields: dict[str, str]) -> None:
+    """Dimension and per-axis fields MetaIO trusts without checking (a huge NDims crashes it)."""
+    ndims = _count(fields.get("ndims"), path, "NDims")
+    if "dimsize" not in fields:
+        raise ImageReadError(f"{path.name} has no DimSize field")
+    for key in _META_VECTORS + _META_MATRICES:
+        if key in fields:
+            needed = ndims * ndims if key in _META_MATRICES else ndims
+            values = fields[key].split()
+            if len(values) < needed or not all(_is_number(value) for value in values[:needed]):
+                raise ImageReadError(f"{path.name}'s {key} field does not hold {needed} numbers (NDims = {ndims})")
+    for value in fields["dimsize"].split()[:ndims]:
+        _count(value, path, "DimSize")
+
+
+def _check_nrrd_geometry(path: Path, fields: dict[str, str]) -> None:
+    """`dimension` and `sizes` agree and are whole positive numbers before NrrdIO reads them."""
+    dimension = _count(fields.get("dimension"), path, "dimension")
+    sizes = fields.get("sizes", "").split()
+    if len(sizes) != dimension:
+        raise ImageReadError(f"{path.name} declares dimension {dimension} but {len(sizes)} sizes")
+    for value in sizes:
+        _count(value, path, "sizes")
+
+
+def _count(text: str | None, path: Path, field: str) -> int:
+    """A whole number from 1 to what any reader could allocate, or a one-line refusal."""
+    if text is None or re.fullmatch(r"\s*\d{1,12}\s*", text) is None or not 1 <= int(text) <= (
+            _MAX_DIMENSION if field in ("NDims", "dimension") else 1 << 40):
+        shown = "missing" if text is None else repr(text.strip()[:40])
+        raise ImageReadError(f"{path.name} has an invalid {field} field ({shown})")
+    return int(text)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _skip_lines(path: Path, offset: int, count: int) -> int:

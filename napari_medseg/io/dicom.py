@@ -87,11 +87,18 @@ def read_dicom_file(path: Path, *, progress=None, cancel=None) -> Image:
     import SimpleITK as sitk
 
     ds = read_header(path, force=True)
-    if ds is None or not has_dicom_preamble(path) and "Rows" not in ds:
-        raise ImageReadError(f"{path.name} is not a DICOM file")
-    if str(ds.file_meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR_SOP_CLASS:
+    try:  # pydicom decodes elements when they are first used and raises many types for damaged ones
+        if ds is None or not has_dicom_preamble(path) and "Rows" not in ds:
+            raise ImageReadError(f"{path.name} is not a DICOM file")
+        directory = str(ds.file_meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR_SOP_CLASS
+        first = None if directory else slice_of(path, ds)
+    except ImageReadError:
+        raise
+    except Exception as exc:
+        raise ImageReadError(f"DICOM {path.name} has a malformed header ({type(exc).__name__}: {exc})"
+                             .splitlines()[0]) from None
+    if directory:
         return read_dicom_folder(path.parent, progress=progress, cancel=cancel)
-    first = slice_of(path, ds)
     if first is None:
         raise ImageReadError(f"{path.name} holds no image (no pixel data): a report, or a truncated file?")
     check_slices([first], path.name)

@@ -157,7 +157,7 @@ def scan_folder(folder: Path, progress, cancel) -> list[tuple[SeriesInfo, list[S
         ds = read_header(path)
         try:
             found = slice_of(path, ds) if ds is not None else None
-        except (ValueError, TypeError):  # malformed numbers in the header: not an image we can place
+        except Exception:  # damaged elements (pydicom raises many types): not an image we can place
             found = None
         if found is not None:
             slices.append(found)

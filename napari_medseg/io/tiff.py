@@ -47,6 +47,9 @@ def read_tiff(path: Path) -> Image:
             check_stored(series, tif.filehandle.size, path.name)
             check_memory(math.prod(series.shape) * series.dtype.itemsize, f"TIFF {path.name}")
             array = series.asarray()
+            if array.shape != tuple(series.shape):  # tifffile logs a page it cannot decode and returns what it has
+                raise ImageReadError(f"TIFF {path.name} is damaged: its pages do not hold the {series.shape} "
+                                     f"{series.axes} image its tags declare")
             page = tif.pages[0]
             sizes, metadata = _physical_sizes(tif, page)
             photometric_rgb = page.photometric == tifffile.PHOTOMETRIC.RGB
