@@ -8,7 +8,6 @@ verified in bounded memory) and with the memory this process can still get.
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,33 +32,25 @@ class DataPart:
     stored: int | None = None  # compressed bytes the header declares (MetaImage's CompressedDataSize)
 
 
-def available_memory() -> int | None:
-    """Bytes this process can still allocate: free RAM, capped by an address-space limit if one is set."""
-    found = []
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    found.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
+def available_memory() -> int:
+    """Bytes this process can still allocate: available RAM, capped by an address-space limit if one is set."""
+    import psutil  # a dependency of napari's
+
+    free = psutil.virtual_memory().available
     try:
         import resource
-
-        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-        if soft != resource.RLIM_INFINITY:
-            with open("/proc/self/statm", encoding="ascii") as handle:
-                used = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-            found.append(max(soft - used, 0))
-    except (ImportError, OSError, ValueError, IndexError):
-        pass
-    return min(found) if found else None
+    except ImportError:  # Windows
+        return free
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft != resource.RLIM_INFINITY:
+        free = min(free, max(soft - psutil.Process().memory_info().vms, 0))
+    return free
 
 
 def check_memory(nbytes: int, what: str, copies: int = 1) -> None:
     """Refuse an image whose pixels (times the copies the reader makes) do not fit in memory."""
     free = available_memory()
-    if free is not None and nbytes * copies > free:
+    if nbytes * copies > free:
         raise ImageReadError(f"{what} declares {_size(nbytes)} of pixels, more than the {_size(free // copies)} "
                              "of memory available to read it")
 
