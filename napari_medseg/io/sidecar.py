@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
-from napari_medseg.atomic import atomic_write_text  # unique temp, fsync, umask permissions
+from napari_medseg.atomic import replacing, write_new  # unique temp, fsync, umask permissions
 
 from .formats import legacy_sidecar_path, shares_legacy_sidecar, sidecar_path
 
@@ -41,16 +43,24 @@ def _ours(target: Path) -> dict | None:
     return content
 
 
-def write_sidecar(path: Path, label_names: dict[int, str] | None, geometry: dict | None) -> None:
-    """Write (atomically) or remove a stale sidecar of ours; an old-style one of this file is retired."""
+@contextmanager
+def sidecar_replaced_with(path: Path, label_names: dict[int, str] | None, geometry: dict | None) -> Iterator[None]:
+    """``with sidecar_replaced_with(labels_path, names, geometry): write the labels``: the sidecar is
+    written before the block (a full disk fails before the labels change) and replaces the old one
+    only after the block succeeded; without names or geometry a stale sidecar of ours is removed then.
+    An old-style sidecar of this file is retired."""
     target = sidecar_path(path)
     if label_names or geometry is not None:
         content = {"format": SIDECAR_FORMAT, "label_names": {str(k): v for k, v in (label_names or {}).items()}}
         if geometry is not None:
             content["geometry"] = geometry
-        atomic_write_text(target, json.dumps(content, indent=1))
-    elif _ours(target) is not None:
-        target.unlink()
+        with replacing(target) as temp:
+            write_new(temp, json.dumps(content, indent=1).encode("utf-8"))
+            yield
+    else:
+        yield
+        if _ours(target) is not None:
+            target.unlink()
     remove_legacy_sidecar(path)
 
 

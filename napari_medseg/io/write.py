@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import re
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from .formats import WRITE_FORMATS, suffix_of
 from .image import Image
 from .nifti import check_nifti_data, nifti_header
 from .photo import write_png_labels
-from .sidecar import names_to_header, write_sidecar
+from .sidecar import names_to_header, sidecar_replaced_with
 from .tiff import check_stored, write_tiff_labels
 
 _SUPPORTED = ".nii.gz, .nii, .nrrd, .mha, .png or .tif"
@@ -45,15 +46,16 @@ def write_labels(labels: np.ndarray, like: Image, path: str | Path,
         raise ImageWriteError(f"PNG cannot hold these labels: they {problem}; use .nii.gz, .nrrd, .mha or .tif")
     names = {int(k): str(v) for k, v in (label_names or {}).items()}
     try:
-        with replacing(path, verify=lambda temp: _verify(temp, fmt, labels)) as temp:
-            if fmt == "png":
-                write_png_labels(labels, temp)
-            elif fmt == "tiff":
-                write_tiff_labels(labels, like, temp)
-            else:
-                _write_with_sitk(labels, like, temp, names if fmt in ("nrrd", "metaimage") else {})
-        if fmt in ("nifti", "png", "tiff"):
-            write_sidecar(path, names, like.geometry() if fmt != "nifti" else None)
+        with ExitStack() as sidecar:
+            if fmt in ("nifti", "png", "tiff"):  # written first, replaced after the labels
+                sidecar.enter_context(sidecar_replaced_with(path, names, like.geometry() if fmt != "nifti" else None))
+            with replacing(path, verify=lambda temp: _verify(temp, fmt, labels)) as temp:
+                if fmt == "png":
+                    write_png_labels(labels, temp)
+                elif fmt == "tiff":
+                    write_tiff_labels(labels, like, temp)
+                else:
+                    _write_with_sitk(labels, like, temp, names if fmt in ("nrrd", "metaimage") else {})
     except ImageReadError as exc:  # from reading the written file back
         reason = re.sub(re.escape(TEMP_MARK) + "[0-9a-f]+-", "", str(exc))
         raise ImageWriteError(f"Cannot write {path}: the written file is incomplete (disk full?): {reason}") from None

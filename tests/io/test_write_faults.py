@@ -55,21 +55,21 @@ def test_a_silent_short_write_never_replaces_the_old_file(tmp_path, monkeypatch,
 
 
 @pytest.mark.parametrize("suffix", [".png", ".tif", ".nii.gz"])
-def test_a_writer_failing_with_enospc_keeps_the_old_file(tmp_path, monkeypatch, suffix):
-    image, labels = _image_and_labels(suffix)
-    target = write_labels(labels, image, tmp_path / f"mask{suffix}")
-    old, listed = target.read_bytes(), sorted(p.name for p in tmp_path.iterdir())
+def test_enospc_while_writing_the_sidecar_changes_neither_file(tmp_path, monkeypatch, suffix):
+    from napari_medseg import atomic
 
-    def full_disk(*args, **kwargs):
+    image, labels = _image_and_labels(suffix)
+    target = write_labels(labels, image, tmp_path / f"mask{suffix}", {1: "liver"})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def full_disk(fd, data):  # atomic.py's counted writes: the sidecar's
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(write_module, "write_png_labels", full_disk)
-    monkeypatch.setattr(write_module, "write_tiff_labels", full_disk)
-    monkeypatch.setattr(write_module.gzip, "open", full_disk)
-    with pytest.raises(ImageWriteError, match="No space left on device") as info:
-        write_labels(np.ones_like(labels), image, target)
+    monkeypatch.setattr(atomic, "write_fully", full_disk)
+    with pytest.raises(ImageWriteError, match=f"Cannot write .*mask{suffix}: .*No space left on device") as info:
+        write_labels(np.ones_like(labels), image, target, {1: "spleen"})
     assert "\n" not in str(info.value)
-    assert target.read_bytes() == old and sorted(p.name for p in tmp_path.iterdir()) == listed
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # labels and sidecar as they were
 
 
 def test_labels_of_two_formats_keep_their_own_sidecars(tmp_path):
