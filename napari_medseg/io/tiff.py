@@ -64,7 +64,8 @@ def read_tiff(path: Path) -> Image:
                              .splitlines()[0]) from None
     if any("invalid page offset" in message for message in log.messages):
         raise ImageReadError(f"TIFF {path.name} is truncated or corrupt (its page list is broken)")
-    metadata.update(format="tiff", original_dtype=str(array.dtype), axes=axes, warnings=log.messages)
+    metadata.update(format="tiff", original_dtype=str(array.dtype), axes=axes,
+                    warnings=[*log.messages, *metadata.get("warnings", [])])
     array, axes = _to_zyxc(array, axes, path.name)
     channel_axis = -1 if axes.endswith("C") else None
     rgb = photometric_rgb and channel_axis is not None and array.shape[-1] in (3, 4)
@@ -125,7 +126,10 @@ def _to_zyxc(array: np.ndarray, axes: str, name: str) -> tuple[np.ndarray, str]:
 
 
 def _physical_sizes(tif, page) -> tuple[dict[str, float], dict]:
-    """Pixel sizes in mm from OME-XML or ImageJ metadata, and what the file said."""
+    """Pixel sizes in mm from OME-XML or ImageJ metadata, and what the file said.
+
+    A size that is zero, negative or not a number is ignored (pixel size 1 on that axis), with a warning.
+    """
     if tif.is_ome:
         return _ome_sizes(tif.ome_metadata)
     if tif.is_imagej and "XResolution" in page.tags:
@@ -133,31 +137,52 @@ def _physical_sizes(tif, page) -> tuple[dict[str, float], dict]:
         unit = str(info.get("unit", ""))
         if unit.lower() in _MM_PER_UNIT:
             reported = {axis: _units_per_pixel(page, axis) for axis in "xy"}
-            reported["z"] = float(info.get("spacing", 1.0))
+            reported["z"] = _positive(info.get("spacing", 1.0))
+            bad = [axis for axis, value in reported.items() if value is None]
+            reported = {axis: value for axis, value in reported.items() if value is not None}
             sizes = {axis: value * _MM_PER_UNIT[unit.lower()] for axis, value in reported.items()}
-            return sizes, {"format_detail": "imagej",
+            return sizes, {"format_detail": "imagej", "warnings": _ignored(bad, "ImageJ"),
                            "physical_size": {axis: [value, unit] for axis, value in reported.items()}}
     return {}, {}
 
 
-def _units_per_pixel(page, axis: str) -> float:
-    pixels, units = page.tags[f"{axis.upper()}Resolution"].value  # a rational: pixels per unit
-    return float(units) / float(pixels)
+def _units_per_pixel(page, axis: str) -> float | None:
+    try:
+        pixels, units = page.tags[f"{axis.upper()}Resolution"].value  # a rational: pixels per unit
+        return _positive(float(units) / float(pixels))
+    except (TypeError, ValueError, ZeroDivisionError, KeyError):
+        return None
+
+
+def _positive(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) and value > 0 else None
+
+
+def _ignored(axes: list[str], source: str) -> list[str]:
+    return [f"the {source} pixel size along {axis} is zero, negative or not a number; 1 used" for axis in axes]
 
 
 def _ome_sizes(xml: str) -> tuple[dict[str, float], dict]:
     pixels = next((e for e in ElementTree.fromstring(xml).iter() if e.tag.endswith("}Pixels")), None)
     if pixels is None:
         return {}, {"format_detail": "ome"}
-    sizes, reported = {}, {}
+    sizes, reported, bad = {}, {}, []
     for axis in "xyz":
         value = pixels.get(f"PhysicalSize{axis.upper()}")
         unit = pixels.get(f"PhysicalSize{axis.upper()}Unit", "µm")
         if value is not None and unit.lower() in _MM_PER_UNIT:
+            if _positive(value) is None:
+                bad.append(axis)
+                continue
             sizes[axis] = float(value) * _MM_PER_UNIT[unit.lower()]
             reported[axis] = [float(value), unit]
     channels = [c.get("Name", "") for c in pixels if c.tag.endswith("}Channel")]
-    return sizes, {"format_detail": "ome", "physical_size": reported, "channel_names": channels}
+    return sizes, {"format_detail": "ome", "physical_size": reported, "channel_names": channels,
+                   "warnings": _ignored(bad, "OME")}
 
 
 def write_tiff_labels(labels: np.ndarray, like: Image, path: Path) -> None:
