@@ -80,7 +80,11 @@ def write_image_copy(image: Image, path: Path) -> Path:
     itk.SetSpacing(image.spacing)
     itk.SetOrigin(image.origin)
     itk.SetDirection(tuple(image.direction.ravel()))
-    with atomic.replacing(path) as temp:
+    from napari_medseg.io.write import written_check
+
+    components = array.shape[-1] if vector else 1
+    verify = written_check(path, array.shape[:-1] if vector else array.shape, array.dtype, components)
+    with atomic.replacing(path, verify=verify) as temp:
         sitk.WriteImage(itk, str(temp), useCompression=True)
     return path
 

@@ -13,6 +13,7 @@ import re
 import shutil
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -49,16 +50,14 @@ def write_labels(labels: np.ndarray, like: Image, path: str | Path,
         with ExitStack() as sidecar:
             if fmt in ("nifti", "png", "tiff"):  # written first, replaced after the labels
                 sidecar.enter_context(sidecar_replaced_with(path, names, like.geometry() if fmt != "nifti" else None))
-            with replacing(path, verify=lambda temp: _verify(temp, fmt, labels)) as temp:
+            verify = written_check(path, labels.shape, labels.dtype)
+            with replacing(path, verify=verify) as temp:
                 if fmt == "png":
                     write_png_labels(labels, temp)
                 elif fmt == "tiff":
                     write_tiff_labels(labels, like, temp)
                 else:
-                    _write_with_sitk(labels, like, temp, names if fmt in ("nrrd", "metaimage") else {})
-    except ImageReadError as exc:  # from reading the written file back
-        reason = re.sub(re.escape(TEMP_MARK) + "[0-9a-f]+-", "", str(exc))
-        raise ImageWriteError(f"Cannot write {path}: the written file is incomplete (disk full?): {reason}") from None
+                    _write_with_sitk(labels, like, temp, names if fmt in ("nrrd", "metaimage") else {}, verify)
     except MedsegError:
         raise
     except Exception as exc:  # OSError, SimpleITK RuntimeError, tifffile/Pillow errors
@@ -87,7 +86,7 @@ def _label_array(labels, like: Image) -> np.ndarray:
     raise ImageWriteError(f"Label value {high} is too large (at most {np.iinfo(np.uint32).max})")
 
 
-def _write_with_sitk(labels: np.ndarray, like: Image, path: Path, names: dict[int, str]) -> None:
+def _write_with_sitk(labels: np.ndarray, like: Image, path: Path, names: dict[int, str], verify) -> None:
     import SimpleITK as sitk
 
     img = sitk_from_array(labels, like)
@@ -101,35 +100,48 @@ def _write_with_sitk(labels: np.ndarray, like: Image, path: Path, names: dict[in
     plain = path.with_name(path.name[:-3])
     try:
         sitk.WriteImage(img, str(plain))
-        check_nifti_data(plain, nifti_header(plain))  # before compressing it: ITK's short writes do not raise
+        verify(plain)  # before compressing it: ITK's short writes do not raise
         with open(plain, "rb") as source, gzip.open(path, "wb", compresslevel=1) as target:
             shutil.copyfileobj(source, target, 1 << 22)
     finally:
         plain.unlink(missing_ok=True)
 
 
-def _verify(temp: Path, fmt: str, labels: np.ndarray) -> None:
-    """Read the written file back: the labels' shape and type, and every byte of their data present."""
-    if fmt == "png":
-        _verify_png(temp, labels)
-    elif fmt == "tiff":
-        _verify_tiff(temp, labels)
-    else:
-        _verify_itk(temp, fmt, labels)
+def written_check(target: Path, shape: tuple[int, ...], dtype, components: int = 1) -> Callable[[Path], None]:
+    """A verify hook for `atomic.replacing`: the written file (a format of WRITE_FORMATS, by `target`'s
+    suffix) is read back (header, shape, type, every data byte present: what a silent short write
+    loses) before it may replace `target`."""
+    fmt, dtype = WRITE_FORMATS[suffix_of(target)], np.dtype(dtype)
+
+    def verify(temp: Path) -> None:
+        try:
+            if fmt == "png":
+                _verify_png(temp, shape)
+            elif fmt == "tiff":
+                _verify_tiff(temp, shape, dtype)
+            else:
+                _verify_itk(temp, fmt, shape, components, dtype.itemsize)
+        except ImageReadError as exc:
+            reason = re.sub(re.escape(TEMP_MARK) + "[0-9a-f]+-", "", str(exc))
+            raise ImageWriteError(f"Cannot write {target}: the written file is incomplete (disk full?): "
+                                  f"{reason}") from None
+
+    return verify
 
 
-def _verify_itk(temp: Path, fmt: str, labels: np.ndarray) -> None:
-    size, components, itemsize = itk_header(temp, temp.name)
-    if size != labels.shape[::-1] or components != 1 or itemsize != labels.itemsize:
-        raise ImageReadError(f"{temp.name} holds a {size} image of {itemsize}-byte voxels")
+def _verify_itk(temp: Path, fmt: str, shape: tuple[int, ...], components: int, itemsize: int) -> None:
+    size, found_components, found_itemsize = itk_header(temp, temp.name)
+    if size != shape[::-1] or (found_components, found_itemsize) != (components, itemsize):
+        raise ImageReadError(f"{temp.name} holds a {size} image of {found_components} x {found_itemsize}-byte "
+                             "values per voxel")
     if fmt == "nifti":
         check_nifti_data(temp, nifti_header(temp), full=False)
     else:
         parts = nrrd_parts(temp) if fmt == "nrrd" else metaimage_parts(temp)
-        check_present(parts, labels.nbytes, temp.name, itemsize, full=False)
+        check_present(parts, int(np.prod(shape)) * components * itemsize, temp.name, itemsize, full=False)
 
 
-def _verify_png(temp: Path, labels: np.ndarray) -> None:
+def _verify_png(temp: Path, shape: tuple[int, ...]) -> None:
     from PIL import Image as PILImage
 
     try:
@@ -138,7 +150,7 @@ def _verify_png(temp: Path, labels: np.ndarray) -> None:
             pil.verify()  # every chunk's CRC, through the end chunk
     except Exception as exc:  # Pillow raises many types for damaged files
         raise ImageReadError(f"{temp.name} cannot be read back: {exc}".splitlines()[0]) from None
-    if size != labels.shape[::-1]:
+    if size != shape[::-1]:
         raise ImageReadError(f"{temp.name} holds a {size} image")
     with open(temp, "rb") as handle:  # verify() stops at the end chunk's name, before its CRC
         handle.seek(-len(_PNG_END), 2)
@@ -146,17 +158,17 @@ def _verify_png(temp: Path, labels: np.ndarray) -> None:
             raise ImageReadError(f"{temp.name} lacks its end chunk")
 
 
-def _verify_tiff(temp: Path, labels: np.ndarray) -> None:
+def _verify_tiff(temp: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
     import tifffile
 
     try:
         with tifffile.TiffFile(temp) as tif:
             series = tif.series[0]
-            shape, dtype = tuple(s for s in series.shape if s > 1), series.dtype
+            found, found_dtype = tuple(s for s in series.shape if s > 1), series.dtype
             check_stored(series, tif.filehandle.size, temp.name)
     except ImageReadError:
         raise
     except Exception as exc:  # tifffile raises many types for damaged files
         raise ImageReadError(f"{temp.name} cannot be read back: {exc}".splitlines()[0]) from None
-    if shape != tuple(s for s in labels.shape if s > 1) or dtype != labels.dtype:
-        raise ImageReadError(f"{temp.name} holds a {shape} {dtype} image")
+    if found != tuple(s for s in shape if s > 1) or found_dtype != dtype:
+        raise ImageReadError(f"{temp.name} holds a {found} {found_dtype} image")

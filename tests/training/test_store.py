@@ -312,3 +312,22 @@ def test_save_costs_the_same_in_a_small_and_a_large_store(tmp_path, make_volume,
 
     small, large = hashes_of_saves("small", 1), hashes_of_saves("large", 6)
     assert small == large and 0 < len(small) <= 6
+
+
+def test_a_short_write_of_the_image_copy_never_becomes_the_entrys_image(tmp_path, make_volume, monkeypatch):
+    import SimpleITK as sitk
+
+    write = sitk.WriteImage
+
+    def short_write(image, path, *args, **kwargs):  # what ITK leaves on a full disk, without raising
+        write(image, path, *args, **kwargs)
+        with open(path, "r+b") as handle:
+            handle.truncate(handle.seek(0, 2) // 2)
+
+    image, labels = make_volume()
+    store = AnnotationStore(tmp_path / "project")
+    monkeypatch.setattr(sitk, "WriteImage", short_write)
+    with pytest.raises(MedsegError, match="image.mha: the written file is incomplete"):
+        store.save(image, labels)
+    monkeypatch.undo()
+    assert not list((tmp_path / "project" / "entries").rglob("image.mha")) and store.entries() == []
