@@ -11,6 +11,9 @@ Decisions: non-finite voxels (NaN, inf) are replaced by the lowest finite value,
 (models and napari's contrast limits fail on NaN; an image that is all NaN is refused). A 4th axis
 of up to 4 volumes is read as channels, longer ones (time series) are refused. Sheared grids are
 refused, except a NIfTI whose sheared sform comes with a valid qform (read with the qform, warned).
+Before any reader allocates pixel memory, the size a header declares is checked against the data
+present (compressed streams decompressed in bounded memory, checksums verified) and the memory
+available (`declared.py`). Bilevel (bool) images are read as uint8.
 """
 from __future__ import annotations
 
