@@ -22,6 +22,7 @@ _HEADER_TAGS = [
     "SeriesInstanceUID", "SeriesDescription", "SeriesNumber", "Modality", "InstanceNumber",
     "ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns", "NumberOfFrames",
     "RescaleSlope", "RescaleIntercept", "BitsAllocated", "PixelRepresentation", "SamplesPerPixel",
+    "PhotometricInterpretation",
     "PixelData", "FloatPixelData", "DoubleFloatPixelData",
 ]
 
@@ -123,12 +124,17 @@ def _pixel_bytes(path: Path, ds) -> tuple[int | None, int]:
     declared = 1
     for field in ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel"):
         declared *= max(_number(ds.get(field), 1), 0)
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":  # two chroma samples per pixel pair
+        declared = declared * 2 // 3
     declared = -(-declared * max(_number(ds.get("BitsAllocated"), 16), 0) // 8)
     tag = next(tag for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if tag in ds)
     element = ds.get_item(tag, keep_deferred=True)
     length, start = getattr(element, "length", None), getattr(element, "value_tell", None)
     if length is None or start is None or length == 0xFFFFFFFF:
         return None, declared
+    syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    if syntax is not None and syntax.is_deflated:  # positions are in the inflated dataset, not the file
+        return length, declared
     return max(min(length, path.stat().st_size - start), 0), declared
 
 
