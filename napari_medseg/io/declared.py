@@ -205,6 +205,8 @@ def metaimage_parts(path: Path) -> list[DataPart]:
             fields[key.strip().lower()] = value.strip()
     _check_metaimage_geometry(path, fields)
     spec = last.split("=", 1)[-1].strip()  # ElementDataFile, the last field of the header
+    if not spec:
+        raise ImageReadError(f"{path.name} has no ElementDataFile field (where its data are)")
     compressed = fields.get("compresseddata", "false").lower() == "true"
     header_size = _int(fields.get("headersize", "0"), path)
     stored = _int(fields["compresseddatasize"], path) if "compresseddatasize" in fields else None

@@ -21,7 +21,8 @@ def read_photo(path: Path, fmt: str) -> Image:
         with PILImage.open(path) as pil:  # refuses more than 2 x Image.MAX_IMAGE_PIXELS (a decompression bomb)
             mode = pil.mode
             width, height = pil.size
-            check_memory(width * height * max(len(pil.getbands()), 3) * _BAND_BYTES.get(mode, 1), path.name, copies=2)
+            bands = 1 if mode in _GRAY_MODES + ("1", "LA") else max(len(pil.getbands()), 3)  # others may become RGB
+            check_memory(width * height * bands * _BAND_BYTES.get(mode, 1), path.name, copies=2)
             upright = ImageOps.exif_transpose(pil)  # phone/dermatoscope photos carry a rotation flag
             if mode in ("1", "LA"):
                 upright = upright.convert("L")
