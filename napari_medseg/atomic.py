@@ -88,14 +88,19 @@ def replacing(target: str | Path, *, verify: Callable[[Path], None] | None = Non
             pass
 
 
+def write_new(path: Path, data: bytes) -> None:
+    """Create ``path`` (it must not exist: a temporary name from ``replacing``) holding all of ``data``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        write_fully(fd, data)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(target: str | Path, data: bytes, *, mode: int | None = None) -> Path:
     target = Path(target)
     with replacing(target, mode=mode) as temp:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            write_fully(fd, data)
-        finally:
-            os.close(fd)
+        write_new(temp, data)
     return target
 
 

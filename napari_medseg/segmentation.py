@@ -12,6 +12,9 @@ from .io.image import Image
 from .progress import CancelCheck, ProgressCallback
 
 
+MAX_LABEL = int(np.iinfo(np.uint32).max)  # the largest value io.write_labels stores
+
+
 def as_image(image: Image | str | Path | np.ndarray) -> Image:
     """An `Image` from a path, an `Image`, or a bare array (unit spacing, RGB if it ends in 3 channels)."""
     if isinstance(image, Image):
@@ -114,6 +117,8 @@ def segment(
     from .models.registry import get_card
 
     img = as_image(image)
+    if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 1 <= label <= MAX_LABEL:
+        raise PromptError(f"label must be a whole number from 1 to {MAX_LABEL}, not {label!r}")
     task = model.task if isinstance(model, LoadedModel) else get_card(model).task
     check_prompts(img, box, points, point_labels, task)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights=weights, device=device)
@@ -169,7 +174,7 @@ def _segment_box(img, loaded, box, points, point_labels, label, propagate, windo
     mask = predictor.predict(box=plane.box_to_pixels(box) if box else None,
                              points=plane.points_to_pixels(pts) if pts is not None else None, point_labels=pt_labels)
     mask = plane.mask_to_plane(mask)
-    labels = np.zeros(img.spatial_shape, dtype=np.uint8 if label < 256 else np.uint16)
+    labels = np.zeros(img.spatial_shape, dtype=np.min_scalar_type(label))
     if img.ndim == 2:
         labels[mask] = label
     elif propagate:

@@ -38,14 +38,14 @@ import numpy as np
 from napari_medseg import atomic
 from napari_medseg.atomic import atomic_write_json
 from napari_medseg.errors import ImageReadError, MedsegError
-from napari_medseg.io.formats import sidecar_path
+from napari_medseg.io.formats import legacy_sidecar_path, sidecar_path
 from napari_medseg.io.image import Image
 
 STORE_FORMAT = "napari-medseg annotation store"
 STORE_VERSION = 1
 LABELS_SUFFIX = ".nii.gz"
 LOCK_NAME = ".lock"
-WRITER_TEMPS = ".*.tmp-*"  # io.write_labels' own temporary files
+WRITER_TEMPS = ".*.tmp-*"  # temporary files of io.write_labels before it wrote through atomic.py
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,11 @@ def write_image_copy(image: Image, path: Path) -> Path:
     itk.SetSpacing(image.spacing)
     itk.SetOrigin(image.origin)
     itk.SetDirection(tuple(image.direction.ravel()))
-    with atomic.replacing(path) as temp:
+    from napari_medseg.io.write import written_check
+
+    components = array.shape[-1] if vector else 1
+    verify = written_check(path, array.shape[:-1] if vector else array.shape, array.dtype, components)
+    with atomic.replacing(path, verify=verify) as temp:
         sitk.WriteImage(itk, str(temp), useCompression=True)
     return path
 
@@ -504,6 +508,7 @@ class AnnotationStore:
         if old_labels is not None and old_labels != labels_path:
             old_labels.unlink(missing_ok=True)
             sidecar_path(old_labels).unlink(missing_ok=True)
+            legacy_sidecar_path(old_labels).unlink(missing_ok=True)  # an entry saved before one sidecar per file
         named = {k: v for k, v in entry.classes.items() if not v.startswith("label ")}
         if any(self.classes.get(k) != v for k, v in named.items()):
             self._write_manifest(named)

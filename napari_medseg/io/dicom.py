@@ -7,6 +7,7 @@ import numpy as np
 
 from ..errors import ImageReadError
 from ._sitk import execute, image_from_sitk
+from .declared import check_memory
 from .dicom_series import Slice, read_header, scan_folder, select_stack, slice_of
 from .formats import has_dicom_preamble
 from .image import Image
@@ -30,9 +31,17 @@ def read_dicom_folder(folder: Path, series: str | int | None = None, *, progress
     return image
 
 
+def check_slices(slices: list[Slice], what: str) -> None:
+    """Every file holds the pixel data its header declares, and all of them fit in memory."""
+    for item in slices:
+        item.check_pixel_data()
+    check_memory(sum(item.pixel_bytes[1] for item in slices), what, copies=2)  # ITK's buffer and numpy's copy
+
+
 def _read_stack(slices: list[Slice], what: str, progress, cancel) -> Image:
     import SimpleITK as sitk
 
+    check_slices(slices, what)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(s.path) for s in slices])
     if len({s.rescale for s in slices}) > 1:  # e.g. PET: per-slice slopes need a float volume
@@ -81,13 +90,21 @@ def read_dicom_file(path: Path, *, progress=None, cancel=None) -> Image:
     import SimpleITK as sitk
 
     ds = read_header(path, force=True)
-    if ds is None or not has_dicom_preamble(path) and "Rows" not in ds:
-        raise ImageReadError(f"{path.name} is not a DICOM file")
-    if str(ds.file_meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR_SOP_CLASS:
+    try:  # pydicom decodes elements when they are first used and raises many types for damaged ones
+        if ds is None or not has_dicom_preamble(path) and "Rows" not in ds:
+            raise ImageReadError(f"{path.name} is not a DICOM file")
+        directory = str(ds.file_meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR_SOP_CLASS
+        first = None if directory else slice_of(path, ds)
+    except ImageReadError:
+        raise
+    except Exception as exc:
+        raise ImageReadError(f"DICOM {path.name} has a malformed header ({type(exc).__name__}: {exc})"
+                             .splitlines()[0]) from None
+    if directory:
         return read_dicom_folder(path.parent, progress=progress, cancel=cancel)
-    first = slice_of(path, ds)
     if first is None:
         raise ImageReadError(f"{path.name} holds no image (no pixel data): a report, or a truncated file?")
+    check_slices([first], path.name)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.SetImageIO("GDCMImageIO")

@@ -21,7 +21,8 @@ from .formats import has_dicom_preamble
 _HEADER_TAGS = [
     "SeriesInstanceUID", "SeriesDescription", "SeriesNumber", "Modality", "InstanceNumber",
     "ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns", "NumberOfFrames",
-    "RescaleSlope", "RescaleIntercept", "BitsAllocated", "PixelRepresentation",
+    "RescaleSlope", "RescaleIntercept", "BitsAllocated", "PixelRepresentation", "SamplesPerPixel",
+    "PhotometricInterpretation",
     "PixelData", "FloatPixelData", "DoubleFloatPixelData",
 ]
 
@@ -56,6 +57,14 @@ class Slice:
     orientation: tuple[float, ...] | None  # 6 direction cosines (row, column)
     rescale: tuple[float, float]
     stored_dtype: str
+    pixel_bytes: tuple[int | None, int] = (None, 0)  # bytes present (None: compressed) and declared
+
+    def check_pixel_data(self) -> None:
+        """Refuse a file whose uncompressed pixel data are shorter than rows x columns x frames declare."""
+        present, declared = self.pixel_bytes
+        if present is not None and present < declared:
+            raise ImageReadError(f"DICOM {self.path.name} is truncated: {present} of {declared} pixel data bytes "
+                                 "present")
 
     @property
     def normal(self) -> np.ndarray:
@@ -102,7 +111,31 @@ def slice_of(path: Path, ds) -> Slice | None:
         orientation=tuple(float(v) for v in orientation) if valid else None,
         rescale=(float(ds.get("RescaleSlope") or 1), float(ds.get("RescaleIntercept") or 0)),
         stored_dtype=f"{'' if signed else 'u'}int{_number(ds.get('BitsAllocated'), 16)}",
+        pixel_bytes=_pixel_bytes(path, ds),
     )
+
+
+def _pixel_bytes(path: Path, ds) -> tuple[int | None, int]:
+    """(bytes of pixel data the file holds, bytes its rows, columns, frames, samples and bits declare).
+
+    Read from the element's length and position, without loading it; None for encapsulated
+    (compressed) data, whose decoded size only the codec knows.
+    """
+    declared = 1
+    for field in ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel"):
+        declared *= max(_number(ds.get(field), 1), 0)
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":  # two chroma samples per pixel pair
+        declared = declared * 2 // 3
+    declared = -(-declared * max(_number(ds.get("BitsAllocated"), 16), 0) // 8)
+    tag = next(tag for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if tag in ds)
+    element = ds.get_item(tag, keep_deferred=True)
+    length, start = getattr(element, "length", None), getattr(element, "value_tell", None)
+    if length is None or start is None or length == 0xFFFFFFFF:
+        return None, declared
+    syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    if syntax is not None and syntax.is_deflated:  # positions are in the inflated dataset, not the file
+        return length, declared
+    return max(min(length, path.stat().st_size - start), 0), declared
 
 
 def _files_under(folder: Path) -> list[Path]:
@@ -130,7 +163,7 @@ def scan_folder(folder: Path, progress, cancel) -> list[tuple[SeriesInfo, list[S
         ds = read_header(path)
         try:
             found = slice_of(path, ds) if ds is not None else None
-        except (ValueError, TypeError):  # malformed numbers in the header: not an image we can place
+        except Exception:  # damaged elements (pydicom raises many types): not an image we can place
             found = None
         if found is not None:
             slices.append(found)

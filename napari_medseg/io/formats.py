@@ -25,13 +25,35 @@ def suffix_of(path: str | Path) -> str:
 
 
 def sidecar_path(path: str | Path) -> Path:
-    """`<name>.json` next to a file: 'seg.nii.gz' -> 'seg.json', 'cells.ome.tif' -> 'cells.json'."""
+    """`<file name>.json` next to a label file: 'seg.nii.gz' -> 'seg.nii.gz.json', 'seg.png' -> 'seg.png.json'.
+
+    One sidecar per file: 'seg.png' and 'seg.nii.gz' in one folder keep their own names and geometry.
+    """
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def legacy_sidecar_path(path: str | Path) -> Path:
+    """Where versions before one-sidecar-per-file put it: 'seg.nii.gz' -> 'seg.json', 'cells.ome.tif' -> 'cells.json'."""
     path = Path(path)
     name = path.name
     for suffix in _COMPOUND + (suffix_of(path),):
         if suffix and name.lower().endswith(suffix):
             return path.with_name(name[: -len(suffix)] + ".json")
     return path.with_name(name + ".json")
+
+
+def shares_legacy_sidecar(path: str | Path) -> bool:
+    """True when another image file in `path`'s folder had the same legacy sidecar (seg.png beside seg.nii.gz)."""
+    path = Path(path)
+    legacy = legacy_sidecar_path(path)
+    stem = legacy.name[: -len(".json")]
+    try:
+        siblings = [p for p in path.parent.iterdir() if p.name.startswith(stem + ".")]
+    except OSError:
+        return False
+    return any(p.name != path.name and suffix_of(p) in READ_FORMATS and legacy_sidecar_path(p) == legacy
+               for p in siblings)
 
 
 def has_dicom_preamble(path: Path) -> bool:

@@ -1,14 +1,13 @@
 """NIfTI checks SimpleITK skips: truncated data and orientation that differs from nibabel's."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ImageReadError
+from .declared import DataPart, check_memory, check_present
 from .image import Image
-from .streams import stream_size
 
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 
@@ -18,27 +17,38 @@ def checked_nifti(path: Path):
 
     SimpleITK silently fills missing voxels of a truncated .nii/.nii.gz with zeros.
     """
+    nii = nifti_header(path)
+    voxel_bytes = check_nifti_data(path, nii)
+    check_memory(voxel_bytes, f"NIfTI {path.name}", copies=2)  # ITK's buffer and numpy's copy of it
+    return nii
+
+
+def nifti_header(path: Path):
     import nibabel as nib
 
     try:
         nii = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for bad headers
         raise ImageReadError(f"Cannot read NIfTI {path.name}: {exc}".splitlines()[0]) from None
-    header = nii.header
-    if int(header["sizeof_hdr"]) == 540:
+    if int(nii.header["sizeof_hdr"]) == 540:
         raise ImageReadError(f"{path.name} is NIfTI-2, which SimpleITK cannot read; save it as NIfTI-1")
-    voxels = int(np.prod(header.get_data_shape()))
+    return nii
+
+
+def check_nifti_data(path: Path, nii, *, full: bool = True) -> int:
+    """Refuse a file that holds fewer voxel bytes than its header declares; the declared voxel bytes.
+
+    A .nii.gz stream is decompressed and its CRC checked (ITK trusts the trailer); `full=False` (a
+    file just written) only checks that the stream ends in a trailer stating the right length.
+    """
+    header = nii.header
+    voxel_bytes = int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
     offset = int(header.get_data_offset())
     if header["magic"] == b"n+1":  # single file: the data follow the 352-byte header (ITK writes vox_offset 0)
         offset = max(offset, 352)
-    expected = offset + voxels * header.get_data_dtype().itemsize
-    if path.name.lower().endswith(".gz"):  # the whole stream, CRC checked: ITK trusts the trailer
-        found = stream_size(path, what=f"NIfTI {path.name}")
-    else:
-        found = os.path.getsize(path)
-    if found < expected:
-        raise ImageReadError(f"NIfTI {path.name} is truncated: {found} of {expected} bytes present")
-    return nii
+    encoding = "gzip" if path.name.lower().endswith(".gz") else "raw"
+    check_present([DataPart(path, 0, encoding)], offset + voxel_bytes, f"NIfTI {path.name}", full=full)
+    return voxel_bytes
 
 
 def match_nibabel(image: Image, nii) -> Image:

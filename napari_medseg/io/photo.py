@@ -6,9 +6,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ImageReadError
+from .declared import check_memory
 from .image import Image
 
 _GRAY_MODES = ("L", "I", "F", "I;16", "I;16B", "I;16L")
+_BAND_BYTES = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2}  # other modes: one byte per band
 
 
 def read_photo(path: Path, fmt: str) -> Image:
@@ -16,8 +18,11 @@ def read_photo(path: Path, fmt: str) -> Image:
     from PIL import ImageOps, UnidentifiedImageError
 
     try:
-        with PILImage.open(path) as pil:
+        with PILImage.open(path) as pil:  # refuses more than 2 x Image.MAX_IMAGE_PIXELS (a decompression bomb)
             mode = pil.mode
+            width, height = pil.size
+            bands = 1 if mode in _GRAY_MODES + ("1", "LA") else max(len(pil.getbands()), 3)  # others may become RGB
+            check_memory(width * height * bands * _BAND_BYTES.get(mode, 1), path.name, copies=2)
             upright = ImageOps.exif_transpose(pil)  # phone/dermatoscope photos carry a rotation flag
             if mode in ("1", "LA"):
                 upright = upright.convert("L")
@@ -26,8 +31,13 @@ def read_photo(path: Path, fmt: str) -> Image:
             elif mode not in _GRAY_MODES + ("RGB",):  # RGBA, palette, CMYK, YCbCr, ...
                 upright = upright.convert("RGB")
             array = np.asarray(upright)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except ImageReadError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, PILImage.DecompressionBombError) as exc:
         raise ImageReadError(f"Cannot read {fmt.upper()} {path.name}: {exc}".splitlines()[0]) from None
+    except Exception as exc:  # Pillow's decoders fail on damaged headers with many types
+        raise ImageReadError(f"Cannot read {fmt.upper()} {path.name}: damaged file ({type(exc).__name__}: {exc})"
+                             .splitlines()[0]) from None
     metadata = {"format": fmt, "pil_mode": mode, "original_dtype": str(array.dtype), "warnings": []}
     if mode.endswith(("A", "a")) or mode == "P" and "transparency" in pil.info:
         metadata["warnings"].append("transparency dropped")

@@ -11,6 +11,9 @@ Decisions: non-finite voxels (NaN, inf) are replaced by the lowest finite value,
 (models and napari's contrast limits fail on NaN; an image that is all NaN is refused). A 4th axis
 of up to 4 volumes is read as channels, longer ones (time series) are refused. Sheared grids are
 refused, except a NIfTI whose sheared sform comes with a valid qform (read with the qform, warned).
+Before any reader allocates pixel memory, the size a header declares is checked against the data
+present (compressed streams decompressed in bounded memory, checksums verified) and the memory
+available (`declared.py`). Bilevel (bool) images are read as uint8.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import numpy as np
 
 from ..errors import ImageReadError
 from ._sitk import execute, image_from_sitk
+from .declared import check_itk_file
 from .dicom import read_dicom_file, read_dicom_folder
 from .dicom_series import list_dicom_series
 from .formats import READ_FORMATS, has_dicom_preamble, suffix_of
@@ -77,12 +81,14 @@ def _read_with_sitk(path: Path, fmt: str, progress, cancel) -> Image:
     import SimpleITK as sitk
 
     nii = checked_nifti(path) if fmt == "nifti" else None
+    if nii is None:
+        check_itk_file(path, fmt)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     img = execute(reader, path.name, progress, cancel)
-    fields = {key: img.GetMetaData(key) for key in img.GetMetaDataKeys()}
+    fields, warnings = _header_fields(img)
     modality = _modality(fields)
-    metadata = {"format": fmt, "warnings": [], "label_names": names_from_header(fields)}
+    metadata = {"format": fmt, "warnings": warnings, "label_names": names_from_header(fields)}
     image = image_from_sitk(img, path.name, modality=modality, intensity="HU" if modality == "CT" else "raw",
                             metadata=metadata)
     if nii is None:
@@ -91,6 +97,17 @@ def _read_with_sitk(path: Path, fmt: str, progress, cancel) -> Image:
     metadata["original_dtype"] = str(nii.header.get_data_dtype())
     restore_non_finite(image, nii)
     return match_nibabel(image, nii)
+
+
+def _header_fields(img) -> tuple[dict[str, str], list[str]]:
+    """The header's key/value fields; keys that are not UTF-8 cannot be looked up and are skipped."""
+    fields, skipped = {}, []
+    for key in img.GetMetaDataKeys():
+        try:
+            fields[key] = img.GetMetaData(key)
+        except (TypeError, UnicodeError):  # SWIG cannot pass a key holding undecodable bytes back
+            skipped.append(key.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+    return fields, [f"header field {key!r} is not UTF-8 text; ignored" for key in skipped]
 
 
 def _modality(fields: dict[str, str]) -> str:
@@ -107,6 +124,9 @@ def _finish(image: Image, path: Path) -> Image:
     """Steps shared by all formats: non-finite voxels, sidecar label names and geometry, path."""
     metadata = image.metadata
     metadata.setdefault("warnings", [])
+    if image.array.dtype == bool:  # bilevel TIFFs: intensities, not truth values, for every model
+        image.array = image.array.astype(np.uint8)
+        metadata["original_dtype"] = "bool"
     if image.array.dtype.kind == "f":
         bad = ~np.isfinite(image.array)
         if bad.all():

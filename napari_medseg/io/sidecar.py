@@ -1,18 +1,22 @@
 """Label names (and, for PNG/TIFF, geometry) kept next to label files or in their headers.
 
-- JSON sidecar `<name>.json`: {"format": "napari-medseg labels", "label_names": {"1": "liver"},
-  "geometry": Image.geometry()}; other JSON files (e.g. BIDS sidecars) are ignored.
+- JSON sidecar `<file name>.json` (`formats.sidecar_path`, one per label file): {"format": "napari-medseg
+  labels", "label_names": {"1": "liver"}, "geometry": Image.geometry()}; other JSON files (e.g. BIDS
+  sidecars) are ignored. Sidecars named the old way (`<stem>.json`) are read while no other image
+  file in the folder could own them, and replaced by the new name when the file is written again.
 - NRRD/MetaImage header keys in 3D Slicer's segmentation style: Segment{i}_Name, _LabelValue, _ID, _Layer.
 """
 from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
-from napari_medseg.atomic import atomic_write_text  # unique temp, fsync, umask permissions
+from napari_medseg.atomic import replacing, write_new  # unique temp, fsync, umask permissions
 
-from .formats import sidecar_path
+from .formats import legacy_sidecar_path, shares_legacy_sidecar, sidecar_path
 
 SIDECAR_FORMAT = "napari-medseg labels"
 _SEGMENT_KEY = re.compile(r"^Segment(\d+)_(Name|LabelValue)$")
@@ -20,27 +24,51 @@ _SEGMENT_KEY = re.compile(r"^Segment(\d+)_(Name|LabelValue)$")
 
 def read_sidecar(path: Path) -> dict:
     """Our sidecar's content for `path`, or {} when there is none (or it is someone else's)."""
-    try:
-        content = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(content, dict) or content.get("format") != SIDECAR_FORMAT:
+    content = _ours(sidecar_path(path))
+    if content is None and not sidecar_path(path).exists() and not shares_legacy_sidecar(path):
+        content = _ours(legacy_sidecar_path(path))
+    if content is None:
         return {}
     content["label_names"] = {int(k): str(v) for k, v in content.get("label_names", {}).items()}
     return content
 
 
-def write_sidecar(path: Path, label_names: dict[int, str] | None, geometry: dict | None) -> None:
-    """Write (atomically) or remove a stale sidecar of ours."""
+def _ours(target: Path) -> dict | None:
+    try:
+        content = json.loads(target.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(content, dict) or content.get("format") != SIDECAR_FORMAT:
+        return None
+    return content
+
+
+@contextmanager
+def sidecar_replaced_with(path: Path, label_names: dict[int, str] | None, geometry: dict | None) -> Iterator[None]:
+    """``with sidecar_replaced_with(labels_path, names, geometry): write the labels``: the sidecar is
+    written before the block (a full disk fails before the labels change) and replaces the old one
+    only after the block succeeded; without names or geometry a stale sidecar of ours is removed then.
+    An old-style sidecar of this file is retired."""
     target = sidecar_path(path)
-    if not label_names and geometry is None:
-        if read_sidecar(path):
+    if label_names or geometry is not None:
+        content = {"format": SIDECAR_FORMAT, "label_names": {str(k): v for k, v in (label_names or {}).items()}}
+        if geometry is not None:
+            content["geometry"] = geometry
+        with replacing(target) as temp:
+            write_new(temp, json.dumps(content, indent=1).encode("utf-8"))
+            yield
+    else:
+        yield
+        if _ours(target) is not None:
             target.unlink()
-        return
-    content = {"format": SIDECAR_FORMAT, "label_names": {str(k): v for k, v in (label_names or {}).items()}}
-    if geometry is not None:
-        content["geometry"] = geometry
-    atomic_write_text(target, json.dumps(content, indent=1))
+    remove_legacy_sidecar(path)
+
+
+def remove_legacy_sidecar(path: Path) -> None:
+    """Delete the old-style sidecar of `path` if it is ours and no other file in the folder could own it."""
+    legacy = legacy_sidecar_path(path)
+    if legacy != sidecar_path(path) and not shares_legacy_sidecar(path) and _ours(legacy) is not None:
+        legacy.unlink(missing_ok=True)
 
 
 def names_from_header(fields: dict[str, str]) -> dict[int, str]:

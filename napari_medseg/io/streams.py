@@ -1,4 +1,4 @@
-"""Checks on compressed image data that ITK skips: gzip CRC and length, zlib checksum, declared size.
+"""Checks on compressed image data that ITK skips: gzip CRC and length, zlib checksum.
 
 ITK's readers trust the gzip trailer's length and never check the CRC, so a corrupted .nii.gz or
 gzip-encoded NRRD is read as garbage without an error. Streams are decompressed here in chunks
@@ -38,7 +38,7 @@ def stream_size(path: Path, *, offset: int = 0, kind: str = "gzip", limit: int |
                 out = decoder.decompress(pending, _CHUNK)
             except zlib.error as exc:
                 raise ImageReadError(f"{what} is corrupt: its {kind} data fail to decompress "
-                                     f"({_reason(exc)})") from None
+                                     f"({_reason(exc, kind)})") from None
             size += len(out)
             pending = decoder.unconsumed_tail
             if limit is not None and size > limit:
@@ -51,12 +51,15 @@ def stream_size(path: Path, *, offset: int = 0, kind: str = "gzip", limit: int |
                 return size
 
 
-def _reason(exc: zlib.error) -> str:
+def _reason(exc: zlib.error, kind: str) -> str:
     text = str(exc)
-    return "CRC check failed" if "incorrect data check" in text else text.split(":")[-1].strip()
+    if "incorrect data check" in text:
+        return "Adler-32 check failed" if kind == "zlib" else "CRC check failed"
+    return text.split(":")[-1].strip()
 
 
-def is_gzip(path: Path, offset: int = 0) -> bool:
+def sniff(path: Path, offset: int = 0) -> str:
+    """'gzip' or 'zlib' by the stream's first bytes (MetaImage readers take either)."""
     with open(path, "rb") as handle:
         handle.seek(offset)
-        return handle.read(2) == GZIP_MAGIC
+        return "gzip" if handle.read(2) == GZIP_MAGIC else "zlib"

@@ -33,6 +33,17 @@ def _numpy_safe_globals() -> list:
     return [*types, scalar, _reconstruct]
 
 
+# torch.save's legacy (pre-1.6) format starts with its magic number pickled at protocol 2
+_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+
+
+def _is_torch_file(path: Path) -> bool:
+    """By the first bytes: a zip archive (torch.save since 1.6; a truncated one is still one) or the legacy magic."""
+    with open(path, "rb") as handle:
+        head = handle.read(len(_LEGACY_MAGIC))
+    return head.startswith((_LEGACY_MAGIC, b"PK\x03\x04"))
+
+
 def read_checkpoint(path: str | Path, map_location="cpu"):
     """The object stored in a weights file, loaded without running arbitrary code."""
     import torch
@@ -42,6 +53,9 @@ def read_checkpoint(path: str | Path, map_location="cpu"):
         raise CheckpointError(f"Weights file not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"Weights file is empty: {path}")
+    if not _is_torch_file(path):
+        raise CheckpointError(f"{path.name} is not a PyTorch checkpoint (neither a torch.save zip archive nor "
+                              "torch's legacy format)")
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)

@@ -53,3 +53,24 @@ def test_truncated_nrrd_and_metaimage(tmp_path, suffix):
 def test_extensionless_dicom_is_detected(tmp_path, pydicom_files):
     (tmp_path / "IM0001").write_bytes((pydicom_files / "CT_small.dcm").read_bytes())
     assert read_image(tmp_path / "IM0001").modality == "CT"
+
+
+def test_bilevel_images_are_read_as_uint8(tmp_path):
+    import tifffile
+
+    mask = np.zeros((16, 20), bool)
+    mask[3:9, 4:12] = True
+    tifffile.imwrite(tmp_path / "mask.tif", mask)
+    image = read_image(tmp_path / "mask.tif")
+    assert image.array.dtype == np.uint8 and image.metadata["original_dtype"] == "bool"
+    np.testing.assert_array_equal(image.array, mask)
+
+
+def test_a_header_key_that_is_not_utf8_is_skipped_with_a_warning(tmp_path):
+    path = tmp_path / "key.mha"
+    path.write_bytes(b"ObjectType = Image\nNDims = 2\nDimSize = 2 2\nElementType = MET_UCHAR\nK\xff\xfeey = 3\n"
+                     b"Modality = MET_MOD_CT\nElementDataFile = LOCAL\n\x00\x01\x02\x03")
+    image = read_image(path)
+    np.testing.assert_array_equal(image.array, [[0, 1], [2, 3]])
+    assert image.modality == "CT"
+    assert image.metadata["warnings"] == ["header field 'K\ufffd\ufffdey' is not UTF-8 text; ignored"]

@@ -108,7 +108,7 @@ def test_microscopy_labels_as_calibrated_imagej_tiff(tmp_path):
                                                   "PhysicalSizeZ": 2.0})
     image = read_image(path)
     out = write_labels(np.ones(image.spatial_shape, np.uint16) * 300, image, tmp_path / "cells_seg.tif", {300: "cell"})
-    (tmp_path / "cells_seg.json").unlink()  # without our sidecar, the ImageJ calibration still holds
+    (tmp_path / "cells_seg.tif.json").unlink()  # without our sidecar, the ImageJ calibration still holds
     back = read_image(out)
     assert back.metadata["physical_size"]["x"] == [pytest.approx(0.25), "um"]
     np.testing.assert_allclose(back.spacing, image.spacing, rtol=1e-6)
@@ -136,3 +136,19 @@ def test_palette_png_label_mask_keeps_indices(tmp_path):
     image = read_image(tmp_path / "voc_mask.png")
     assert image.channel_axis is None
     np.testing.assert_array_equal(image.array, labels)
+
+
+def test_zero_or_invalid_pixel_sizes_are_ignored_with_a_warning(tmp_path):
+    import struct
+
+    path = tmp_path / "cal.tif"
+    tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint8), imagej=True, resolution=(4.0, 4.0),
+                     metadata={"axes": "ZYX", "spacing": 2.0, "unit": "um"})
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[0].tags["XResolution"].valueoffset
+    data = bytearray(path.read_bytes())
+    data[offset:offset + 8] = struct.pack("<II", 0, 0)  # XResolution 0/0 (tifffile: ZeroDivisionError)
+    path.write_bytes(bytes(data))
+    image = read_image(path)
+    assert image.spacing == (1.0, 0.00025, 0.002)
+    assert image.metadata["warnings"] == ["the ImageJ pixel size along x is zero, negative or not a number; 1 used"]

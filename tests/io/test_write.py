@@ -56,17 +56,17 @@ def test_nrrd_and_mha_keep_names_in_slicer_header_keys(tmp_path, make_nifti):
         header = sitk.ReadImage(str(out))
         assert header.GetMetaData("Segment2_Name") == "tumour" and header.GetMetaData("Segment2_LabelValue") == "300"
         assert read_image(out).metadata["label_names"] == NAMES
-    assert not (tmp_path / "seg.json").exists()
+    assert not list(tmp_path.glob("*.json"))
 
 
 def test_nifti_sidecar_json(tmp_path, make_nifti):
     image = read_image(make_nifti())
     out = write_labels(labels_for(image), image, tmp_path / "case.seg.nii.gz", NAMES)
-    sidecar = json.loads((tmp_path / "case.seg.json").read_text())
+    sidecar = json.loads((tmp_path / "case.seg.nii.gz.json").read_text())
     assert sidecar["label_names"] == {"1": "liver", "2": "spleen", "300": "tumour"}
     assert read_image(out).metadata["label_names"] == NAMES
     write_labels(labels_for(image), image, out)  # rewritten without names: the stale sidecar goes
-    assert not (tmp_path / "case.seg.json").exists() and "label_names" not in read_image(out).metadata
+    assert not (tmp_path / "case.seg.nii.gz.json").exists() and "label_names" not in read_image(out).metadata
 
 
 def test_foreign_json_next_to_nifti_is_ignored(tmp_path, make_nifti):

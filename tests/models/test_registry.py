@@ -242,3 +242,17 @@ def test_lvm_med_vit_takes_its_decoder_from_sam(tmp_path):
     with pytest.raises(WeightsNotInstalled, match="LVM-Med"):
         load_model("lvm-med-vit", device="cpu")
     assert get_card("lvm-med-vit").decoder_from == "sam-vit-b"
+
+
+def test_random_bytes_are_not_a_checkpoint_rather_than_unsafe(tmp_path):
+    import numpy as np
+
+    noise = tmp_path / "noise.pth"
+    for data in (np.random.default_rng(0).bytes(5000), b"\x80\x02" + np.random.default_rng(1).bytes(300)):
+        noise.write_bytes(data)
+        with pytest.raises(CheckpointError, match="noise.pth is not a PyTorch checkpoint") as info:
+            read_checkpoint(noise)
+        assert "arbitrary Python objects" not in str(info.value)
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"w": torch.ones(3)}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(read_checkpoint(legacy)["w"], torch.ones(3))

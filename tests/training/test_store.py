@@ -35,7 +35,7 @@ def test_save_find_restore_and_revisions(tmp_path, make_volume):
     edited[0, 0, 0] = 1
     second = reopened.save(image, edited, reviewed={"all": False, "slices": [0, 5]}, report="liver lesion, 2 cm")
     assert second.id == entry.id and second.revision == 2
-    assert sorted(p.name for p in second.folder.glob("labels-*")) == ["labels-2.json", "labels-2.nii.gz"]
+    assert sorted(p.name for p in second.folder.glob("labels-*")) == ["labels-2.nii.gz", "labels-2.nii.gz.json"]
     assert second.reviewed["slices"] == [0, 1, 2, 3, 4, 5]
     assert len(second.prompts) == 1 and second.report == "liver lesion, 2 cm"
     np.testing.assert_array_equal(reopened.restore(image), edited)
@@ -243,7 +243,7 @@ def test_two_processes_saving_at_once_lose_nothing(tmp_path, make_volume):
     assert sorted((p["who"], p["i"]) for p in entry.prompts) == sorted((w, i) for w in range(2) for i in range(times))
     assert store.classes[1] == "organ of 0" and store.classes[2] == "organ of 1"
     assert sorted(p.name for p in entry.folder.iterdir()) == [
-        "entry.json", f"labels-{2 * times}.json", f"labels-{2 * times}.nii.gz"]
+        "entry.json", f"labels-{2 * times}.nii.gz", f"labels-{2 * times}.nii.gz.json"]
 
 
 def test_opening_removes_a_killed_writers_temporary_files(tmp_path, make_volume):
@@ -256,7 +256,7 @@ def test_opening_removes_a_killed_writers_temporary_files(tmp_path, make_volume)
         path.write_bytes(b"half written")
     reopened = AnnotationStore(tmp_path / "project", create=False)
     assert not any(path.exists() for path in stale)
-    assert sorted(p.name for p in entry.folder.iterdir()) == ["entry.json", "image.mha", "labels-1.json", "labels-1.nii.gz"]
+    assert sorted(p.name for p in entry.folder.iterdir()) == ["entry.json", "image.mha", "labels-1.nii.gz", "labels-1.nii.gz.json"]
     np.testing.assert_array_equal(reopened.restore(image), labels)
 
 
@@ -288,7 +288,7 @@ def test_labels_and_folders_are_durable_before_entry_json_names_them(tmp_path, m
     entry = store.save(image, labels)
     named = events.index(("replace", "entry.json"))
     before = events[:named]
-    assert ("file", "labels-1.nii.gz") in before and ("file", "labels-1.json") in before
+    assert ("file", "labels-1.nii.gz") in before and ("file", "labels-1.nii.gz.json") in before
     assert ("dir", entry.id) in before and ("dir", "entries") in before  # the labels' and the entry's folders
     assert before.index(("replace", "image.mha")) < before.index(("dir", entry.id), before.index(("file", "labels-1.nii.gz")))
 
@@ -332,3 +332,22 @@ def test_a_new_image_in_a_read_only_store_is_one_line(tmp_path, make_volume, mon
     with pytest.raises(MedsegError, match=r"^Cannot save into the project .*: Read-only file system \(") as info:
         store.save(image, labels)
     assert "\n" not in str(info.value)
+
+
+def test_a_short_write_of_the_image_copy_never_becomes_the_entrys_image(tmp_path, make_volume, monkeypatch):
+    import SimpleITK as sitk
+
+    write = sitk.WriteImage
+
+    def short_write(image, path, *args, **kwargs):  # what ITK leaves on a full disk, without raising
+        write(image, path, *args, **kwargs)
+        with open(path, "r+b") as handle:
+            handle.truncate(handle.seek(0, 2) // 2)
+
+    image, labels = make_volume()
+    store = AnnotationStore(tmp_path / "project")
+    monkeypatch.setattr(sitk, "WriteImage", short_write)
+    with pytest.raises(MedsegError, match="image.mha: the written file is incomplete"):
+        store.save(image, labels)
+    monkeypatch.undo()
+    assert not list((tmp_path / "project" / "entries").rglob("image.mha")) and store.entries() == []
