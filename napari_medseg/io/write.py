@@ -1,14 +1,13 @@
 """`write_labels`: a label map saved in its reference image's exact geometry, with label names.
 
 NIfTI, NRRD and MetaImage carry the geometry themselves; PNG and TIFF keep it (with label names)
-in the `<name>.json` sidecar, NIfTI keeps label names there too, NRRD and MetaImage in Slicer-style
-header keys. Files are written to a temporary name in the target folder, then renamed.
+in the `<name>.json` sidecar, NIfTI keeps label names there too and (with colours) in TotalSegmentator's
+label-table extension (nifti_labels.py), NRRD and MetaImage in Slicer-style header keys. 3D Slicer's
+seg.nrrd (seg_nrrd.py) and DICOM-SEG (dicom_seg.py) are written by their own modules. Files are written to a temporary name in the target folder, then renamed.
 """
 from __future__ import annotations
 
-import gzip
 import os
-import shutil
 import uuid
 from pathlib import Path
 
@@ -18,18 +17,25 @@ from ..errors import ImageWriteError, MedsegError
 from ._sitk import itk_reason, sitk_from_array
 from .formats import WRITE_FORMATS, suffix_of
 from .image import Image
+from .label_formats import CLINICAL, format_of, write_clinical
+from .nifti_labels import write_labelled_nifti
 from .photo import write_png_labels
+from .segments import segments_of
 from .sidecar import names_to_header, write_sidecar
 from .tiff import write_tiff_labels
 
-_SUPPORTED = ".nii.gz, .nii, .nrrd, .mha, .png or .tif"
+_SUPPORTED = ".nii.gz, .nii, .nrrd, .seg.nrrd, .mha, .dcm (DICOM-SEG), .png or .tif"
 
 
 def write_labels(labels: np.ndarray, like: Image, path: str | Path,
-                 label_names: dict[int, str] | None = None) -> Path:
-    """Write `labels` (shape `like.spatial_shape`) as NIfTI, NRRD, MetaImage, PNG or TIFF."""
+                 label_names: dict[int, str] | None = None, *, label_colors: dict[int, tuple] | None = None,
+                 fmt: str | None = None, dicom_seg_type: str = "BINARY") -> Path:
+    """Write `labels` (shape `like.spatial_shape`) as NIfTI, NRRD, 3D Slicer seg.nrrd, MetaImage, DICOM-SEG,
+    PNG or TIFF, chosen by `fmt` (see label_formats.NAMES) or the file name; colours (RGB) where the format
+    keeps them. DICOM-SEG needs `like` read from DICOM; `dicom_seg_type` is BINARY or LABELMAP."""
     path = Path(path).expanduser()
-    fmt = WRITE_FORMATS.get(suffix_of(path))
+    chosen = format_of(path, fmt)
+    fmt = chosen if chosen in CLINICAL else WRITE_FORMATS.get(suffix_of(path))
     if fmt is None:
         raise ImageWriteError(f"Cannot write labels as '{suffix_of(path) or path.name}': use {_SUPPORTED}")
     if not path.parent.is_dir():
@@ -39,14 +45,18 @@ def write_labels(labels: np.ndarray, like: Image, path: str | Path,
         problem = "are 3-D" if labels.ndim != 2 else "have values above 65535"
         raise ImageWriteError(f"PNG cannot hold these labels: they {problem}; use .nii.gz, .nrrd, .mha or .tif")
     names = {int(k): str(v) for k, v in (label_names or {}).items()}
+    if fmt in CLINICAL:  # their own modules: segment metadata, atomic writes
+        return write_clinical(fmt, labels, like, path, names, label_colors, dicom_seg_type)
     temp = path.with_name(f".{uuid.uuid4().hex[:8]}.tmp-{path.name}")  # same suffix: same writer
     try:
         if fmt == "png":
             write_png_labels(labels, temp)
         elif fmt == "tiff":
             write_tiff_labels(labels, like, temp)
+        elif fmt == "nifti":  # with the label table extension (names, colours), as TotalSegmentator writes it
+            write_labelled_nifti(labels, like, temp, segments_of(labels, names, label_colors, given_only=True))
         else:
-            _write_with_sitk(labels, like, temp, names if fmt in ("nrrd", "metaimage") else {})
+            _write_with_sitk(labels, like, temp, names)
         os.replace(temp, path)
         if fmt in ("nifti", "png", "tiff"):
             write_sidecar(path, names, like.geometry() if fmt != "nifti" else None)
@@ -86,15 +96,4 @@ def _write_with_sitk(labels: np.ndarray, like: Image, path: Path, names: dict[in
     img = sitk_from_array(labels, like)
     for key, value in names_to_header(names).items():
         img.SetMetaData(key, value)
-    if not path.name.lower().endswith(".gz"):
-        sitk.WriteImage(img, str(path), useCompression=True)
-        return
-    # ITK's NIfTI writer ignores the compression level and deflates at zlib's default, 4x slower than
-    # level 1 for a 512 x 512 x 300 label map: write it plain, then gzip it here at level 1
-    plain = path.with_name(path.name[:-3])
-    try:
-        sitk.WriteImage(img, str(plain))
-        with open(plain, "rb") as source, gzip.open(path, "wb", compresslevel=1) as target:
-            shutil.copyfileobj(source, target, 1 << 22)
-    finally:
-        plain.unlink(missing_ok=True)
+    sitk.WriteImage(img, str(path), useCompression=True)

@@ -1,0 +1,52 @@
+"""Label file formats by name (what `--format` takes) and by file name; the clinical formats' writers.
+
+nifti (.nii.gz, .nii), nrrd (.nrrd), seg-nrrd (.seg.nrrd: 3D Slicer), mha (.mha), dicom-seg (.dcm),
+rtstruct (.dcm), png (.png), tiff (.tif, .tiff). A `.dcm` target is a DICOM-SEG unless rtstruct is asked for.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ImageWriteError
+
+SUFFIXES = {
+    "nifti": (".nii.gz", ".nii"), "nrrd": (".nrrd",), "seg-nrrd": (".seg.nrrd",), "mha": (".mha",),
+    "dicom-seg": (".dcm",), "png": (".png",), "tiff": (".tif", ".tiff"),
+}
+NAMES = tuple(SUFFIXES)
+CLINICAL = ("dicom-seg", "seg-nrrd")
+
+
+def format_of(path: str | Path, fmt: str | None = None) -> str | None:
+    """The format a label file at `path` is written in: `fmt` when given (checked against the suffix),
+    else the suffix's; None for suffixes no format writes."""
+    name = Path(path).name.lower()
+    by_suffix = next((f for f, suffixes in SUFFIXES.items() if name.endswith(suffixes)), None)
+    if fmt is None:
+        return by_suffix
+    if fmt not in SUFFIXES:
+        raise ImageWriteError(f"Unknown label format {fmt!r}: use one of {', '.join(NAMES)}")
+    if not name.endswith(SUFFIXES[fmt]):
+        raise ImageWriteError(f"{fmt} files end in {' or '.join(SUFFIXES[fmt])}, not {Path(path).name}")
+    return fmt
+
+
+def default_suffix(fmt: str) -> str:
+    return SUFFIXES[fmt][0]
+
+
+def write_clinical(fmt: str, labels, like, path: Path, names: dict[int, str], colors: dict | None,
+                   dicom_seg_type: str = "BINARY") -> Path:
+    """DICOM-SEG or seg.nrrd: each checks its input (one line) before any slow work and writes atomically."""
+    from .segments import segments_of
+
+    segments = segments_of(labels, names, colors)
+    if fmt == "dicom-seg":
+        from .dicom_seg import write_dicom_seg
+
+        write_dicom_seg(labels, like, path, segments, dicom_seg_type)
+    else:
+        from .seg_nrrd import write_seg_nrrd
+
+        write_seg_nrrd(labels, like, path, segments)
+    return path
