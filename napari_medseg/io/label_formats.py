@@ -1,7 +1,7 @@
 """Label file formats by name (what `--format` takes) and by file name; the clinical formats' writers.
 
 nifti (.nii.gz, .nii), nrrd (.nrrd), seg-nrrd (.seg.nrrd: 3D Slicer), mha (.mha), dicom-seg (.dcm),
-rtstruct (.dcm), png (.png), tiff (.tif, .tiff). A `.dcm` target is a DICOM-SEG unless rtstruct is asked for.
+png (.png), tiff (.tif, .tiff). `fmt="seg-nrrd"` also writes Slicer's metadata into a plain `.nrrd`.
 """
 from __future__ import annotations
 
@@ -21,12 +21,13 @@ def format_of(path: str | Path, fmt: str | None = None) -> str | None:
     """The format a label file at `path` is written in: `fmt` when given (checked against the suffix),
     else the suffix's; None for suffixes no format writes."""
     name = Path(path).name.lower()
-    by_suffix = next((f for f, suffixes in SUFFIXES.items() if name.endswith(suffixes)), None)
+    matches = [(len(suffix), f) for f, suffixes in SUFFIXES.items() for suffix in suffixes if name.endswith(suffix)]
+    by_suffix = max(matches)[1] if matches else None  # the longest: .seg.nrrd before .nrrd
     if fmt is None:
         return by_suffix
     if fmt not in SUFFIXES:
         raise ImageWriteError(f"Unknown label format {fmt!r}: use one of {', '.join(NAMES)}")
-    if not name.endswith(SUFFIXES[fmt]):
+    if not name.endswith(SUFFIXES[fmt]) and not (fmt == "seg-nrrd" and name.endswith(".nrrd")):
         raise ImageWriteError(f"{fmt} files end in {' or '.join(SUFFIXES[fmt])}, not {Path(path).name}")
     return fmt
 

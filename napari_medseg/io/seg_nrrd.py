@@ -36,14 +36,18 @@ def segment_fields(labels: np.ndarray, segments: list[Segment]) -> dict[str, str
     """The header keys for `segments` of `labels` (numpy order z, y, x; Slicer's extent is i, j, k = x, y, z)."""
     from scipy.ndimage import find_objects
 
+    values = np.array([s.value for s in segments])
+    if labels.size and labels.max() > 65535:  # find_objects lists every value up to the largest: number them
+        labels = np.where(labels > 0, np.searchsorted(values, labels) + 1, 0)
+        values = np.arange(1, len(segments) + 1)
     boxes = find_objects(labels)
     fields = {
         "Segmentation_MasterRepresentation": "Binary labelmap",
         "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
         "Segmentation_ReferenceImageExtentOffset": "0 0 0",
     }
-    for index, segment in enumerate(segments):
-        box = boxes[segment.value - 1]
+    for index, (segment, value) in enumerate(zip(segments, values)):
+        box = boxes[value - 1]
         extent = " ".join(f"{axis.start} {axis.stop - 1}" for axis in box[::-1])
         prefix = f"Segment{index}_"
         fields.update({
