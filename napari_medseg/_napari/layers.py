@@ -51,6 +51,22 @@ def labels_layer_kwargs(image: Image, name: str, label_names: dict[int, str] | N
     return {"name": name, "metadata": layer_metadata(image, label_names=label_names or {}), **placement(image)}
 
 
+def labels_layer_data(image: Image) -> tuple:
+    """A label file (DICOM-SEG, seg.nrrd) as a labels layer with its names and colours."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    names = image.metadata.get("label_names") or {}
+    colors = image.metadata.get("label_colors") or {}
+    kwargs = labels_layer_kwargs(image, image.path.name if image.path else "labels", names)
+    kwargs["metadata"][META_KEY]["label_colors"] = colors
+    if colors:
+        transparent = np.zeros(4)
+        color_dict = {None: transparent, 0: transparent}
+        color_dict.update({value: np.append(np.asarray(rgb) / 255, 1.0) for value, rgb in colors.items()})
+        kwargs["colormap"] = DirectLabelColormap(color_dict=color_dict)
+    return image.array, kwargs, "labels"
+
+
 def reference_image(layer_data: np.ndarray, metadata: dict, attributes: dict | None = None) -> Image:
     """The geometry a labels layer was created in (or the best reconstruction from its transform)."""
     info = (metadata or {}).get(META_KEY)

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..batch import LABEL_FORMATS, CaseResult
+from ..batch import CaseResult, format_choices
 from ..errors import MedsegError, PromptError
 
 
@@ -30,7 +30,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--report", help="lesion report for text-guided models")
     parser.add_argument("--tokenizer", help="folder with the text model's tokenizer files (text-guided models)")
     parser.add_argument("--structures", help="comma-separated class names or values to keep (automatic 3D models)")
-    parser.add_argument("--format", choices=LABEL_FORMATS, help="output format (default: the input's, nii.gz for DICOM)")
+    parser.add_argument("--format", choices=format_choices(), metavar="FORMAT",
+                        help="nifti, nrrd, seg-nrrd (3D Slicer), mha, dicom-seg, png or tiff (default: from -o's "
+                        "name, e.g. .dcm is DICOM-SEG, .seg.nrrd 3D Slicer; for folders the input's, nii.gz for DICOM)")
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     parser.add_argument("--manifest", help="run manifest JSON (default: OUTPUT_FOLDER/medseg_run.json)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -63,8 +65,10 @@ def _print_case(result: CaseResult, index: int, total: int) -> None:
 
 
 def _single_file_output(args, cases) -> Path | None:
+    from ..io.label_formats import format_of
+
     out = Path(args.output)
-    if len(cases) == 1 and any(out.name.lower().endswith("." + f) for f in (*LABEL_FORMATS, "tiff")):
+    if len(cases) == 1 and format_of(out) is not None:
         return out
     return None
 
@@ -123,11 +127,15 @@ def _run_single(args, case, target: Path, kwargs) -> int:
     from ..segmentation import segment
     from .progressbar import TerminalProgress
 
+    from ..io.label_formats import NAMES, check_target
+
     image = read_image(case.source)
+    fmt = args.format if args.format in NAMES else None
+    check_target(image, target, fmt)  # before the model loads
     loaded = load_model(args.model, weights=args.weights, device=args.device, **_load_options(args))
     result = segment(image, loaded, progress=TerminalProgress(), **kwargs)
     names = loaded.classes or {0: "background", 1: "object"}
-    out = write_labels(result, image, target, label_names=names)
+    out = write_labels(result, image, target, label_names=names, fmt=fmt)
     values = [int(v) for v in set(result.ravel().tolist()) if v]
     counts = ", ".join(f"{names.get(v, v)}: {int((result == v).sum())} voxels" for v in sorted(values))
     print(f"wrote {out} ({counts or 'empty'})")

@@ -55,16 +55,23 @@ def source_files(like: Image) -> list[Path]:
         return [path]
     stacks = scan_folder(path, None, None)
     key = like.metadata.get("series_key")
+    shape = like.spatial_shape if like.ndim == 3 else (1, *like.spatial_shape)
+    # where the first slice lies: a volume's origin; a single slice's 3-D origin when it was read here
+    origin = like.origin if like.ndim == 3 else like.metadata.get("slice_geometry", {}).get("origin")
+    candidates = []
     for info, slices in stacks:
-        if key is not None and info.key != key:
-            continue
         first = slices[0]
-        grid = (len(slices), first.shape[0], first.shape[1])
-        if like.ndim == 3 and grid == like.spatial_shape and first.position is not None and \
-                np.allclose(first.position, like.origin, atol=_POSITION_TOLERANCE_MM):
-            return list(info.files)
-    raise ImageWriteError(f"No DICOM series in {path} has the labels' grid {like.spatial_shape} at origin "
-                          f"{tuple(round(o, 2) for o in like.origin)}: DICOM-SEG must lie on its source slices")
+        if (key is not None and info.key != key) or (len(slices), *first.shape[:2]) != shape:
+            continue
+        if origin is None or first.position is not None and np.allclose(first.position, origin,
+                                                                         atol=_POSITION_TOLERANCE_MM):
+            candidates.append(list(info.files))
+    if len(candidates) == 1 or candidates and origin is not None:
+        return candidates[0]
+    raise ImageWriteError(f"No DICOM series in {path} has the labels' grid {like.spatial_shape}"
+                          + (f" at origin {tuple(round(o, 2) for o in origin)}" if origin is not None else
+                             " (several slices of that size: open the DICOM file itself)")
+                          + ": DICOM-SEG must lie on its source slices")
 
 
 def _segment_description(number: int, segment: Segment):

@@ -36,6 +36,32 @@ def default_suffix(fmt: str) -> str:
     return SUFFIXES[fmt][0]
 
 
+def require_format(path: str | Path, fmt: str | None = None) -> str:
+    """`format_of`, with a one-line error listing the suffixes for names that no format writes."""
+    chosen = format_of(path, fmt)
+    if chosen is None:
+        raise ImageWriteError(f"Cannot write labels as {Path(path).name}: use a file ending in "
+                              f"{', '.join(s for suffixes in SUFFIXES.values() for s in suffixes)}")
+    return chosen
+
+
+def check_target(like, path: str | Path, fmt: str | None = None) -> str:
+    """Refuse, in one line and before any slow work, labels on `like` that cannot be written at `path`
+    (unknown suffix, a DICOM-SEG without a DICOM source, 3-D PNG, 2-D seg.nrrd); returns the format."""
+    chosen = require_format(path, fmt)
+    if chosen == "dicom-seg":
+        from .dicom_seg import source_files
+
+        source_files(like)
+    elif chosen == "seg-nrrd":
+        from .seg_nrrd import check_like
+
+        check_like(like)
+    elif chosen == "png" and like.ndim != 2:
+        raise ImageWriteError("PNG holds 2-D labels: use .nii.gz, .nrrd, .seg.nrrd, .mha, .dcm or .tif")
+    return chosen
+
+
 def write_clinical(fmt: str, labels, like, path: Path, names: dict[int, str], colors: dict | None,
                    dicom_seg_type: str = "BINARY") -> Path:
     """DICOM-SEG or seg.nrrd: each checks its input (one line) before any slow work and writes atomically."""

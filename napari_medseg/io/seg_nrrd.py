@@ -64,13 +64,17 @@ def segment_fields(labels: np.ndarray, segments: list[Segment]) -> dict[str, str
     return fields
 
 
+def check_like(like: Image) -> None:
+    if like.ndim != 3:
+        raise ImageWriteError("seg.nrrd holds 3-D segmentations (3D Slicer): save 2-D labels as .png, .tif or .nii.gz")
+
+
 def write_seg_nrrd(labels: np.ndarray, like: Image, path: Path, segments: list[Segment]) -> None:
     import SimpleITK as sitk
 
     from ._sitk import itk_reason, sitk_from_array
 
-    if like.ndim != 3:
-        raise ImageWriteError("seg.nrrd holds 3-D segmentations (3D Slicer): save 2-D labels as .png, .tif or .nii.gz")
+    check_like(like)
     img = sitk_from_array(labels, like)
     for key, value in segment_fields(labels, segments).items():
         img.SetMetaData(key, value)
