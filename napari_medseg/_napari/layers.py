@@ -17,10 +17,15 @@ def placement(image: Image) -> dict:
     return {"affine": image.napari_affine}
 
 
+# what writers need beyond the grid: a single slice's 3-D place (NIfTI), the DICOM series (DICOM-SEG)
+_SOURCE_KEYS = ("slice_geometry", "series_key")
+
+
 def layer_metadata(image: Image, **extra) -> dict:
     return {
         META_KEY: {
             "geometry": image.geometry(),
+            **{key: image.metadata[key] for key in _SOURCE_KEYS if key in image.metadata},
             "path": str(image.path) if image.path else None,
             "modality": image.modality,
             "intensity": image.intensity,
@@ -74,7 +79,8 @@ def reference_image(layer_data: np.ndarray, metadata: dict, attributes: dict | N
     if info and len(info["geometry"]["shape"]) == ndim:
         geo = info["geometry"]
         return Image(layer_data, geo["spacing"], geo["origin"], np.reshape(geo["direction"], (ndim, ndim)),
-                     modality=info.get("modality", "unknown"), path=Path(info["path"]) if info.get("path") else None)
+                     modality=info.get("modality", "unknown"), path=Path(info["path"]) if info.get("path") else None,
+                     metadata={key: info[key] for key in _SOURCE_KEYS if key in info})
     # a layer napari-medseg did not create: napari's own transform, read as LPS millimetres
     attributes = attributes or {}
     scale = np.asarray(attributes.get("scale", np.ones(ndim)), dtype=float)

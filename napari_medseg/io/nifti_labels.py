@@ -4,7 +4,9 @@ The extension holds a Caret-style XML document: CaretExtension / VolumeInformati
 <Label Key="value" Red=".." Green=".." Blue=".." Alpha="1">name</Label> per label (colour components 0-1)
 and VolumeType "Label". TotalSegmentator stores it under extension code 0 (and reads the first extension);
 we write code 0 too and, reading, take the first extension of any code that holds such a table.
-Voxels and geometry are written with nibabel (RAS affine, sform and qform code 1, millimetres).
+Voxels and geometry are written with nibabel (RAS affine, sform and qform code 1, millimetres). Labels on a
+single axial DICOM slice keep the slice's place in 3-D: the 2-D file's affine carries its z position and
+thickness (from Image.metadata["slice_geometry"]), as dcm2niix writes single slices.
 """
 from __future__ import annotations
 
@@ -31,12 +33,27 @@ def label_table_xml(segments: list[Segment]) -> bytes:
     return ET.tostring(root, encoding="UTF-8", xml_declaration=True)
 
 
+def nifti_affine(like: Image) -> np.ndarray:
+    """`like.affine`, or for a 2-D axial DICOM slice the slice's full 3-D affine (z position, thickness)."""
+    geometry = like.metadata.get("slice_geometry")
+    if like.ndim != 2 or not geometry:
+        return like.affine
+    direction = np.reshape(geometry["direction"], (3, 3))
+    in_plane = np.allclose(direction[:2, :2], like.direction, atol=1e-6) and \
+        np.allclose(geometry["origin"][:2], like.origin, atol=1e-4) and \
+        np.allclose(geometry["spacing"][:2], like.spacing, rtol=1e-6)
+    if not in_plane:  # a non-axial slice is written on its own pixel grid (see io/dicom.py)
+        return like.affine
+    slice_ = Image(np.zeros((1, 1, 1)), geometry["spacing"], geometry["origin"], direction)
+    return slice_.affine
+
+
 def write_labelled_nifti(labels: np.ndarray, like: Image, path: Path, segments: list[Segment]) -> None:
     """`labels` (numpy order) as NIfTI at `path` (the caller's temporary name), with the label table when named."""
     import nibabel as nib
 
     data = np.ascontiguousarray(labels.T)  # numpy (z, y, x) -> nibabel (x, y, z)
-    affine = like.affine
+    affine = nifti_affine(like)
     nii = nib.Nifti1Image(data, affine)
     nii.header.set_data_dtype(labels.dtype)
     nii.header.set_xyzt_units("mm")

@@ -140,3 +140,17 @@ def test_napari_reader_and_writer_functions(series, tmp_path):
     np.testing.assert_allclose(kwargs["colormap"].map(np.array([1]))[0][:3], np.array([40, 140, 40]) / 255, atol=0.01)
     [again] = write_labels_layer(str(tmp_path / "again.seg.nrrd"), data, kwargs)  # colours travel on
     assert read_image(again).metadata["label_colors"][1] == (40, 140, 40)
+
+
+def test_napari_writer_keeps_a_single_slice_position(tmp_path, pydicom_files):
+    pytest.importorskip("napari")
+    import nibabel as nib
+
+    from napari_medseg._napari.layers import labels_layer_kwargs
+    from napari_medseg._napari.writer import write_labels_layer
+
+    ct = read_image(pydicom_files / "CT_small.dcm")
+    labels = np.zeros(ct.spatial_shape, np.uint8)
+    labels[5:9, 5:9] = 1
+    [written] = write_labels_layer(str(tmp_path / "m.nii.gz"), labels, labels_layer_kwargs(ct, "m"))
+    np.testing.assert_allclose(nib.load(written).affine[2, 2:], [5.0, -75.7], atol=1e-3)
