@@ -9,7 +9,7 @@ from ..errors import MedsegError
 def add_arguments(parser) -> None:
     from ..io.label_formats import NAMES
 
-    parser.add_argument("labels", help="label map: NIfTI, NRRD, seg.nrrd, MHA, DICOM-SEG, PNG or TIFF")
+    parser.add_argument("labels", help="label map: NIfTI, NRRD, seg.nrrd, MHA, DICOM-SEG, RTSTRUCT, PNG or TIFF")
     parser.add_argument("--like", required=True, help="the image the labels belong to (file or DICOM folder); "
                         "labels on another grid are resampled onto it (nearest neighbour)")
     parser.add_argument("-o", "--output", required=True, help="labels file to write (.dcm is DICOM-SEG, "

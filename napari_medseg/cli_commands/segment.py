@@ -31,7 +31,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tokenizer", help="folder with the text model's tokenizer files (text-guided models)")
     parser.add_argument("--structures", help="comma-separated class names or values to keep (automatic 3D models)")
     parser.add_argument("--format", choices=format_choices(), metavar="FORMAT",
-                        help="nifti, nrrd, seg-nrrd (3D Slicer), mha, dicom-seg, png or tiff (default: from -o's "
+                        help="nifti, nrrd, seg-nrrd (3D Slicer), mha, dicom-seg, rtstruct, png or tiff (default: from -o's "
                         "name, e.g. .dcm is DICOM-SEG, .seg.nrrd 3D Slicer; for folders the input's, nii.gz for DICOM)")
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     parser.add_argument("--manifest", help="run manifest JSON (default: OUTPUT_FOLDER/medseg_run.json)")

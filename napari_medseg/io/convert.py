@@ -1,5 +1,6 @@
 """`convert_labels`: a label file re-written in another format on a reference image's grid.
 
+An RTSTRUCT's contours are filled on the image's slices (rtstruct.py).
 Labels already on the image's grid (same shape, spacing, origin and axes within 1e-3 mm) are written as
 they are; labels on another grid of the same patient space (e.g. a NIfTI from dcm2niix, flipped to RAS
 order) are resampled onto it by nearest neighbour, so each written voxel takes the label at its centre.
@@ -52,7 +53,10 @@ def convert_labels(labels: str | Path | Image, like: str | Path | Image, out: st
 
     like = like if isinstance(like, Image) else read_image(like)
     check_target(like, out, fmt)
-    labels = labels if isinstance(labels, Image) else read_image(labels)
+    if not isinstance(labels, Image):
+        from .rtstruct import is_rtstruct, read_rtstruct_onto
+
+        labels = read_rtstruct_onto(Path(labels), like) if is_rtstruct(Path(labels)) else read_image(labels)
     names = label_names if label_names is not None else labels.metadata.get("label_names")
     colors = label_colors if label_colors is not None else labels.metadata.get("label_colors")
     return write_labels(on_grid(labels, like), like, out, names, label_colors=colors, fmt=fmt,

@@ -1,7 +1,7 @@
 """Label file formats by name (what `--format` takes) and by file name; the clinical formats' writers.
 
 nifti (.nii.gz, .nii), nrrd (.nrrd), seg-nrrd (.seg.nrrd: 3D Slicer), mha (.mha), dicom-seg (.dcm),
-png (.png), tiff (.tif, .tiff). `fmt="seg-nrrd"` also writes Slicer's metadata into a plain `.nrrd`.
+rtstruct (.dcm, only when asked for: a .dcm name alone is a DICOM-SEG), png (.png), tiff (.tif, .tiff). `fmt="seg-nrrd"` also writes Slicer's metadata into a plain `.nrrd`.
 """
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from ..errors import ImageWriteError
 
 SUFFIXES = {
     "nifti": (".nii.gz", ".nii"), "nrrd": (".nrrd",), "seg-nrrd": (".seg.nrrd",), "mha": (".mha",),
-    "dicom-seg": (".dcm",), "png": (".png",), "tiff": (".tif", ".tiff"),
+    "dicom-seg": (".dcm",), "rtstruct": (".dcm",), "png": (".png",), "tiff": (".tif", ".tiff"),
 }
 NAMES = tuple(SUFFIXES)
-CLINICAL = ("dicom-seg", "seg-nrrd")
+CLINICAL = ("dicom-seg", "rtstruct", "seg-nrrd")
 
 
 def format_of(path: str | Path, fmt: str | None = None) -> str | None:
@@ -22,7 +22,8 @@ def format_of(path: str | Path, fmt: str | None = None) -> str | None:
     else the suffix's; None for suffixes no format writes."""
     name = Path(path).name.lower()
     matches = [(len(suffix), f) for f, suffixes in SUFFIXES.items() for suffix in suffixes if name.endswith(suffix)]
-    by_suffix = max(matches)[1] if matches else None  # the longest: .seg.nrrd before .nrrd
+    # the longest suffix (.seg.nrrd before .nrrd); among equals the first listed (.dcm: dicom-seg)
+    by_suffix = max(matches, key=lambda match: match[0])[1] if matches else None
     if fmt is None:
         return by_suffix
     if fmt not in SUFFIXES:
@@ -49,7 +50,7 @@ def check_target(like, path: str | Path, fmt: str | None = None) -> str:
     """Refuse, in one line and before any slow work, labels on `like` that cannot be written at `path`
     (unknown suffix, a DICOM-SEG without a DICOM source, 3-D PNG, 2-D seg.nrrd); returns the format."""
     chosen = require_format(path, fmt)
-    if chosen == "dicom-seg":
+    if chosen in ("dicom-seg", "rtstruct"):
         from .dicom_seg import source_files
 
         source_files(like)
@@ -64,7 +65,7 @@ def check_target(like, path: str | Path, fmt: str | None = None) -> str:
 
 def write_clinical(fmt: str, labels, like, path: Path, names: dict[int, str], colors: dict | None,
                    dicom_seg_type: str = "BINARY") -> Path:
-    """DICOM-SEG or seg.nrrd: each checks its input (one line) before any slow work and writes atomically."""
+    """DICOM-SEG, RTSTRUCT or seg.nrrd: each checks its input (one line) before any slow work and writes atomically."""
     from .segments import segments_of
 
     segments = segments_of(labels, names, colors)
@@ -72,6 +73,10 @@ def write_clinical(fmt: str, labels, like, path: Path, names: dict[int, str], co
         from .dicom_seg import write_dicom_seg
 
         write_dicom_seg(labels, like, path, segments, dicom_seg_type)
+    elif fmt == "rtstruct":
+        from .rtstruct import write_rtstruct
+
+        write_rtstruct(labels, like, path, segments)
     else:
         from .seg_nrrd import write_seg_nrrd
 

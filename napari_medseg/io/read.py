@@ -71,8 +71,13 @@ def _read_file(path: Path, progress, cancel) -> Image:
     if fmt == "dicom":
         from .dicom_seg import is_dicom_seg, read_dicom_seg
 
+        from .rtstruct import is_rtstruct
+
         if is_dicom_seg(path):
             return read_dicom_seg(path)
+        if is_rtstruct(path):
+            raise ImageReadError(f"{path.name} is an RTSTRUCT (contours without a grid of their own): put it on its "
+                                 "image with 'medseg convert RTSTRUCT --like IMAGE -o labels.nii.gz'")
         return read_dicom_file(path, progress=progress, cancel=cancel)
     if fmt == "tiff":
         return read_tiff(path)
