@@ -57,6 +57,10 @@ def convert_labels(labels: str | Path | Image, like: str | Path | Image, out: st
         from .rtstruct import is_rtstruct, read_rtstruct_onto
 
         labels = read_rtstruct_onto(Path(labels), like) if is_rtstruct(Path(labels)) else read_image(labels)
+    references, series = labels.metadata.get("referenced_series_uids"), like.metadata.get("series_uid")
+    if references and series and series not in references:
+        raise ImageReadError(f"The DICOM-SEG references series {', '.join(references)}, not the image's series "
+                             f"{series}: give --like the series it was drawn on")
     names = label_names if label_names is not None else labels.metadata.get("label_names")
     colors = label_colors if label_colors is not None else labels.metadata.get("label_colors")
     return write_labels(on_grid(labels, like), like, out, names, label_colors=colors, fmt=fmt,

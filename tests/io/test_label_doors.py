@@ -62,6 +62,16 @@ def test_convert_nifti_on_another_grid_to_dicom_seg(series, tmp_path, capsys):
     assert read_image(api).metadata["segmentation_type"] == "LABELMAP"
 
 
+def test_convert_refuses_a_seg_of_another_series(series, dicom_series, tmp_path, capsys):
+    image = read_image(series)
+    seg = write_labels(mask_on(image), image, tmp_path / "seg.dcm")
+    other = dicom_series(tmp_path / "other", count=4, shape=(12, 10), spacing=2.5, series_uid="1.2.826.0.1.3680043.9.1.9")
+    assert main(["convert", str(seg), "--like", str(other), "-o", str(tmp_path / "x.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert "references series" in err and "1.2.826.0.1.3680043.9.1.9" in err
+    assert not (tmp_path / "x.nii.gz").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--names", "1liver"], "--names takes VALUE=NAME pairs"),
     (["--names", "0=background"], "values above 0"),
