@@ -164,3 +164,24 @@ def test_napari_writer_keeps_a_single_slice_position(tmp_path, pydicom_files):
     labels[5:9, 5:9] = 1
     [written] = write_labels_layer(str(tmp_path / "m.nii.gz"), labels, labels_layer_kwargs(ct, "m"))
     np.testing.assert_allclose(nib.load(written).affine[2, 2:], [5.0, -75.7], atol=1e-3)
+
+
+def test_npe2_save_picks_the_dicom_seg_writer_by_extension(tmp_path, pydicom_files, make_nifti):
+    """What napari's Save Selected Layers calls: the .dcm writer contribution; a non-DICOM source is one line."""
+    npe2 = pytest.importorskip("npe2")
+    from napari_medseg._napari.layers import labels_layer_kwargs
+    from napari_medseg.errors import ImageWriteError
+
+    manager = npe2.PluginManager.instance()
+    manager.discover()
+    ct = read_image(pydicom_files / "CT_small.dcm")
+    labels = np.zeros(ct.spatial_shape, np.uint8)
+    labels[5:20, 5:20] = 1
+    layer = (labels, labels_layer_kwargs(ct, "mask", {1: "liver"}), "labels")
+    [written] = npe2.write(str(tmp_path / "mask.dcm"), [layer], plugin_name="napari-medseg")
+    assert read_image(written).metadata["label_names"] == {1: "liver"}
+    nifti = read_image(make_nifti())
+    layer = (np.ones(nifti.spatial_shape, np.uint8), labels_layer_kwargs(nifti, "mask"), "labels")
+    with pytest.raises(ImageWriteError, match="needs labels drawn on a DICOM image"):
+        npe2.write(str(tmp_path / "other.dcm"), [layer], plugin_name="napari-medseg")
+    assert not (tmp_path / "other.dcm").exists()
