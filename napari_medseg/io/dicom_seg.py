@@ -206,7 +206,11 @@ def read_dicom_seg(path: Path) -> Image:
         volume = seg.get_volume(combine_segments=True, relabel=False,
                                 dtype=np.uint8 if max(numbers, default=0) <= 255 else np.uint16)
     except Exception as exc:  # highdicom raises ValueError/RuntimeError/AttributeError for malformed SEGs
-        raise ImageReadError(f"Cannot read DICOM-SEG {path.name}: {str(exc).splitlines()[0]}") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "overlap" in reason:
+            raise ImageReadError(f"Segments of {path.name} overlap, and a label map holds one label per voxel: "
+                                 "open it in 3D Slicer, or split it into one SEG per segment") from None
+        raise ImageReadError(f"Cannot read DICOM-SEG {path.name}: {reason}") from None
     img = _sitk_image(volume)
     names, colors = {}, {}
     for number in numbers:

@@ -135,3 +135,21 @@ def test_bad_requests_are_one_line_and_write_nothing(tmp_path, make_nifti, pydic
     with pytest.raises(ImageWriteError, match="source image is unknown"):
         write_labels(blobs(ct.spatial_shape), moved, out / "seg.dcm")
     assert list(out.iterdir()) == []
+
+
+def test_overlapping_segments_are_refused_in_one_line(tmp_path, pydicom_files):
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    from napari_medseg.errors import ImageReadError
+
+    source = pydicom.dcmread(pydicom_files / "CT_small.dcm")
+    masks = np.zeros((1, 128, 128, 2), bool)
+    masks[0, 10:40, 10:40, 0] = masks[0, 30:60, 30:60, 1] = True
+    segments = [hd.seg.SegmentDescription(n, f"s{n}", codes.SCT.Tissue, codes.SCT.Tissue, "MANUAL") for n in (1, 2)]
+    seg = hd.seg.Segmentation([source], masks, "BINARY", segments, hd.UID(), 5, hd.UID(), 1, "other tool", "x",
+                              "1", "1")
+    seg.save_as(tmp_path / "overlap.dcm")
+    with pytest.raises(ImageReadError, match="Segments of overlap.dcm overlap") as caught:
+        read_image(tmp_path / "overlap.dcm")
+    assert "\n" not in str(caught.value)
