@@ -4,8 +4,8 @@ A SEG references the source series' instances (so PACS viewers overlay it on the
 per object with its name, colour and a SNOMED-CT property code (see segments.py). Segment numbers are 1..N in ascending order of the label values
 (DICOM requires consecutive numbers): labels 1..N come back unchanged, others are renumbered.
 
-BINARY stores one bit-plane per segment and omits empty frames; LABELMAP (DICOM 2024, highdicom >= 0.24)
-stores one frame per source slice holding segment numbers, up to 255 segments in 8 bits.
+BINARY stores one bit-plane per segment and omits empty frames; LABELMAP
+stores one frame per source slice holding segment numbers (highdicom >= 0.24.0, DICOM 2024c).
 """
 from __future__ import annotations
 
