@@ -1,11 +1,12 @@
 """DICOM Segmentation objects (DICOM-SEG) written and read with highdicom.
 
 A SEG references the source series' instances (so PACS viewers overlay it on them) and holds one segment
-per object with its name, colour and a SNOMED-CT property code (see segments.py). Segment numbers are 1..N in ascending order of the label values
-(DICOM requires consecutive numbers): labels 1..N come back unchanged, others are renumbered.
+per object with its name, colour and a SNOMED-CT property code (see segments.py). Segment numbers are
+1..N in ascending order of the label values (DICOM requires consecutive numbers): labels 1..N come back
+unchanged, others are renumbered.
 
-BINARY stores one bit-plane per segment and omits empty frames; LABELMAP
-stores one frame per source slice holding segment numbers (highdicom >= 0.24.0, DICOM 2024c).
+BINARY stores one bit-plane per segment and omits empty frames; LABELMAP stores one frame per source
+slice holding segment numbers (highdicom >= 0.24.0, DICOM 2024c).
 """
 from __future__ import annotations
 
