@@ -174,3 +174,30 @@ def test_dicom_slice_labels_keep_the_slice_position_in_nifti(tmp_path, pydicom_f
     data = np.asanyarray(nii.dataobj)
     assert (data[tuple(np.round(ijk[:, :2]).astype(int).T)] == 1).all()
     assert_same_geometry(slice_, read_image(out))  # and still the 2-D slice's geometry for us
+
+
+def test_dicom_slice_labels_land_where_dcm2niix_puts_the_slice(tmp_path, pydicom_files):
+    """dcm2niix (the reference converter) and our mask NIfTI agree on every labelled voxel's world position."""
+    import shutil
+    import subprocess
+
+    import nibabel as nib
+
+    dcm2niix = pytest.importorskip("dcm2niix")
+    source = tmp_path / "dicom"
+    source.mkdir()
+    shutil.copy(pydicom_files / "CT_small.dcm", source)
+    subprocess.run([str(dcm2niix.bin), "-z", "y", "-f", "ct", "-o", str(tmp_path), str(source)], check=True,
+                   capture_output=True, timeout=60)
+    reference = nib.load(tmp_path / "ct.nii.gz")
+    slice_ = read_image(source / "CT_small.dcm")
+    labels = (slice_.array > np.percentile(slice_.array, 90)).astype(np.uint8)
+    ours = nib.load(write_labels(labels, slice_, tmp_path / "mask.nii.gz"))
+    ijk = np.argwhere(np.asanyarray(ours.dataobj) > 0)
+    world = nib.affines.apply_affine(ours.affine, np.c_[ijk, np.zeros(len(ijk))])
+    there = nib.affines.apply_affine(np.linalg.inv(reference.affine), world)
+    np.testing.assert_allclose(there, np.round(there), atol=1e-4)  # on dcm2niix's voxel centres, slice 0
+    there = np.round(there).astype(int)
+    assert len(ijk) > 1000 and (there[:, 2] == 0).all()
+    hu = np.asanyarray(reference.dataobj).reshape(reference.shape[:2])
+    np.testing.assert_array_equal(hu[there[:, 0], there[:, 1]], slice_.array.T[ijk[:, 0], ijk[:, 1]])
