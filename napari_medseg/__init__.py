@@ -11,7 +11,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "segment", "read_image", "write_labels", "load_checkpoint", "load_model"]
+__all__ = ["__version__", "segment", "read_image", "write_labels", "convert_labels", "load_checkpoint", "load_model"]
 
 
 def __getattr__(name: str):
@@ -19,7 +19,7 @@ def __getattr__(name: str):
         from .segmentation import segment
 
         return segment
-    if name in ("read_image", "write_labels"):
+    if name in ("read_image", "write_labels", "convert_labels"):
         from . import io
 
         return getattr(io, name)

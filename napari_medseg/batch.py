@@ -16,7 +16,7 @@ from .errors import MedsegError
 from .progress import CancelCheck, ProgressCallback
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
-LABEL_FORMATS = ("nii.gz", "nii", "nrrd", "mha", "png", "tif")
+LABEL_FORMATS = ("nii.gz", "nii", "nrrd", "mha", "png", "tif")  # --format by suffix, as before
 
 
 @dataclass
@@ -89,13 +89,24 @@ def _cases_in(path: Path) -> list[Case]:
     return cases
 
 
+def format_choices() -> tuple[str, ...]:
+    """What --format takes: the formats' names (nifti, seg-nrrd, dicom-seg, ...) and the suffixes taken before."""
+    from .io.label_formats import NAMES
+
+    return NAMES + tuple(f for f in LABEL_FORMATS if f not in NAMES)
+
+
 def output_path(case: Case, out_dir: Path, fmt: str | None) -> Path:
+    from .io.label_formats import NAMES, default_suffix
+
+    if fmt in NAMES:
+        return out_dir / f"{case.name}{default_suffix(fmt)}"
     if fmt is None:
         name = case.source.name.lower()
         fmt = next((f for f in LABEL_FORMATS if name.endswith("." + f)), None)
         fmt = fmt or ("tif" if name.endswith(".tiff") else "png" if name.endswith((".jpg", ".jpeg", ".bmp")) else "nii.gz")
     if fmt not in LABEL_FORMATS:
-        raise MedsegError(f"--format must be one of {', '.join(LABEL_FORMATS)}")
+        raise MedsegError(f"--format must be one of {', '.join(format_choices())}")
     return out_dir / f"{case.name}.{fmt}"
 
 
@@ -106,6 +117,7 @@ def run_cases(cases: list[Case], out_dir: Path, model: str, *, weights=None, dev
     import numpy as np
 
     from .io import read_image, write_labels
+    from .io.label_formats import check_target
     from .models.load import load_model
     from .segmentation import segment
 
@@ -124,6 +136,7 @@ def run_cases(cases: list[Case], out_dir: Path, model: str, *, weights=None, dev
             try:
                 image = read_image(case.source)
                 read_warnings = [str(w) for w in image.metadata.get("warnings", [])]
+                check_target(image, target)  # e.g. DICOM-SEG of a non-DICOM case: fails before segmenting
                 labels = segment(image, loaded, progress=progress, cancel=cancel, **(segment_kwargs or {}))
                 write_labels(labels, image, target, label_names=loaded.classes or None)
                 found = [int(v) for v in np.unique(labels) if v]

@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "info": ("napari_medseg.cli_commands.info", "versions, devices, weights folder, optional dependencies"),
     "models": ("napari_medseg.cli_commands.models", "list, install and verify model weights"),
     "segment": ("napari_medseg.cli_commands.segment", "segment an image and write labels in its geometry"),
+    "convert": ("napari_medseg.cli_commands.convert", "re-write a label file in another format on an image's grid"),
     "evaluate": ("napari_medseg.evaluation.cli", "compare predicted and reference label maps"),
     "train": ("napari_medseg.cli_commands.train", "fine-tune or train a model on labelled images"),
 }

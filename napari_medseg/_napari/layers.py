@@ -17,10 +17,15 @@ def placement(image: Image) -> dict:
     return {"affine": image.napari_affine}
 
 
+# what writers need beyond the grid: a single slice's 3-D place (NIfTI), the DICOM series (DICOM-SEG)
+_SOURCE_KEYS = ("slice_geometry", "series_key")
+
+
 def layer_metadata(image: Image, **extra) -> dict:
     return {
         META_KEY: {
             "geometry": image.geometry(),
+            **{key: image.metadata[key] for key in _SOURCE_KEYS if key in image.metadata},
             "path": str(image.path) if image.path else None,
             "modality": image.modality,
             "intensity": image.intensity,
@@ -51,6 +56,22 @@ def labels_layer_kwargs(image: Image, name: str, label_names: dict[int, str] | N
     return {"name": name, "metadata": layer_metadata(image, label_names=label_names or {}), **placement(image)}
 
 
+def labels_layer_data(image: Image) -> tuple:
+    """A label file (DICOM-SEG, seg.nrrd) as a labels layer with its names and colours."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    names = image.metadata.get("label_names") or {}
+    colors = image.metadata.get("label_colors") or {}
+    kwargs = labels_layer_kwargs(image, image.path.name if image.path else "labels", names)
+    kwargs["metadata"][META_KEY]["label_colors"] = colors
+    if colors:
+        transparent = np.zeros(4)
+        color_dict = {None: transparent, 0: transparent}
+        color_dict.update({value: np.append(np.asarray(rgb) / 255, 1.0) for value, rgb in colors.items()})
+        kwargs["colormap"] = DirectLabelColormap(color_dict=color_dict)
+    return image.array, kwargs, "labels"
+
+
 def reference_image(layer_data: np.ndarray, metadata: dict, attributes: dict | None = None) -> Image:
     """The geometry a labels layer was created in (or the best reconstruction from its transform)."""
     info = (metadata or {}).get(META_KEY)
@@ -58,7 +79,8 @@ def reference_image(layer_data: np.ndarray, metadata: dict, attributes: dict | N
     if info and len(info["geometry"]["shape"]) == ndim:
         geo = info["geometry"]
         return Image(layer_data, geo["spacing"], geo["origin"], np.reshape(geo["direction"], (ndim, ndim)),
-                     modality=info.get("modality", "unknown"), path=Path(info["path"]) if info.get("path") else None)
+                     modality=info.get("modality", "unknown"), path=Path(info["path"]) if info.get("path") else None,
+                     metadata={key: info[key] for key in _SOURCE_KEYS if key in info})
     # a layer napari-medseg did not create: napari's own transform, read as LPS millimetres
     attributes = attributes or {}
     scale = np.asarray(attributes.get("scale", np.ones(ndim)), dtype=float)

@@ -28,7 +28,7 @@ def read_layers(path):
 
     from ..errors import MedsegError
     from ..io import read_image
-    from .layers import image_layer_data
+    from .layers import image_layer_data, labels_layer_data
 
     if isinstance(path, list):
         path = path[0]
@@ -37,4 +37,6 @@ def read_layers(path):
     except MedsegError as exc:
         show_error(str(exc))
         return [(None,)]
+    if image.metadata.get("format") == "dicom-seg" or Path(path).name.lower().endswith(".seg.nrrd"):
+        return [labels_layer_data(image)]
     return [image_layer_data(image)]

@@ -1,4 +1,7 @@
-"""npe2 writer: a labels layer saved in its source image's exact geometry, names kept."""
+"""npe2 writer: a labels layer saved in its source image's exact geometry, names and colours kept.
+
+The file name picks the format: .dcm is a DICOM-SEG (the layer's source must be DICOM), .seg.nrrd a
+3D Slicer segmentation, .nii.gz NIfTI with a label table, ..."""
 from __future__ import annotations
 
 
@@ -11,5 +14,7 @@ def write_labels_layer(path: str, data, attributes: dict) -> list[str]:
     data = np.asarray(data)
     metadata = attributes.get("metadata") or {}
     like = reference_image(data, metadata, attributes)
-    names = {int(k): v for k, v in (metadata.get(META_KEY, {}).get("label_names") or {}).items()}
-    return [str(write_labels(data, like, path, label_names=names or None))]
+    info = metadata.get(META_KEY, {})
+    names = {int(k): v for k, v in (info.get("label_names") or {}).items()}
+    colors = {int(k): v for k, v in (info.get("label_colors") or {}).items()}
+    return [str(write_labels(data, like, path, label_names=names or None, label_colors=colors or None))]

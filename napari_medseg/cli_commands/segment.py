@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..batch import LABEL_FORMATS, CaseResult
+from ..batch import LABEL_FORMATS, CaseResult, format_choices
 from ..cli import warn
 from ..errors import MedsegError, PromptError
 
@@ -31,7 +31,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--report", help="lesion report for text-guided models")
     parser.add_argument("--tokenizer", help="folder with the text model's tokenizer files (text-guided models)")
     parser.add_argument("--structures", help="comma-separated class names or values to keep (automatic 3D models)")
-    parser.add_argument("--format", choices=LABEL_FORMATS, help="output format (default: the input's, nii.gz for DICOM)")
+    parser.add_argument("--format", choices=format_choices(), metavar="FORMAT",
+                        help="nifti, nrrd, seg-nrrd (3D Slicer), mha, dicom-seg, rtstruct, png or tiff (default: from -o's "
+                        "name, e.g. .dcm is DICOM-SEG, .seg.nrrd 3D Slicer; for folders the input's, nii.gz for DICOM)")
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     parser.add_argument("--manifest", help="run manifest JSON (default: OUTPUT_FOLDER/medseg_run.json)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -69,12 +71,12 @@ def _single_file_output(args, cases) -> Path | None:
     """The labels file ``-o`` names (one input), or None when it names a folder. A file name for several
     inputs, or an image suffix that cannot hold labels (``mask.jpg``: lossy), is refused, not made a folder."""
     from ..io.formats import READ_FORMATS, suffix_of
+    from ..io.label_formats import format_of
 
     out = Path(args.output)
     if out.is_dir():
         return None
-    name = out.name.lower()
-    if any(name.endswith("." + f) for f in (*LABEL_FORMATS, "tiff")):
+    if format_of(out) is not None:
         if len(cases) != 1:
             raise MedsegError(f"-o {out} names one file, but the inputs hold {len(cases)} images: give a folder")
         return out
@@ -157,6 +159,7 @@ def _run_single(args, case, target: Path, kwargs) -> int:
     from ..io import read_image, write_labels
     from ..models.load import load_model
     from ..models.registry import get_card
+    from ..io.label_formats import NAMES, check_target
     from ..segmentation import check_prompts, segment
     from .progressbar import TerminalProgress
 
@@ -164,10 +167,12 @@ def _run_single(args, case, target: Path, kwargs) -> int:
     for message in image.metadata.get("warnings", []):
         warn(f"{case.source.name}: {message}")
     check_prompts(image, kwargs["box"], kwargs["points"], kwargs["point_labels"], get_card(args.model).task)
+    fmt = args.format if args.format in NAMES else None
+    check_target(image, target, fmt)  # before the model loads
     loaded = load_model(args.model, weights=args.weights, device=args.device, **_load_options(args))
     result = segment(image, loaded, progress=TerminalProgress(), **kwargs)
     names = loaded.classes or {0: "background", 1: "object"}
-    out = write_labels(result, image, target, label_names=names)
+    out = write_labels(result, image, target, label_names=names, fmt=fmt)
     values = [int(v) for v in set(result.ravel().tolist()) if v]
     counts = ", ".join(f"{names.get(v, v)}: {int((result == v).sum())} voxels" for v in sorted(values))
     print(f"wrote {out} ({counts or 'empty'})")

@@ -2,7 +2,9 @@
 
 metadata keys: "format" (nifti, nrrd, metaimage, dicom, tiff, png, jpeg, bmp), "original_dtype",
 "warnings" (list of one-line strings, always present), "label_names" ({value: name}, when the
-header or our JSON sidecar has them) and per format: DICOM "series_uid", "series_key",
+header or our JSON sidecar has them), "label_colors" ({value: (r, g, b)} 0-255, from a seg.nrrd, a NIfTI
+label table or a DICOM-SEG) and per format: DICOM-SEG (format "dicom-seg": a label map of segment
+numbers) "segmentation_type", "referenced_series_uids"; DICOM "series_uid", "series_key",
 "series_description", "series_number", "num_files", "slice_geometry" (single slices);
 TIFF "axes", "format_detail" (ome/imagej), "physical_size" ({axis: [value, unit]}), "channel_names";
 NIfTI/NRRD/MetaImage "fourth_axis" when a short 4th axis was read as channels.
@@ -29,7 +31,9 @@ from .dicom_series import list_dicom_series
 from .formats import READ_FORMATS, has_dicom_preamble, suffix_of
 from .image import Image
 from .nifti import match_nibabel, checked_nifti, restore_non_finite
+from .nifti_labels import read_label_table
 from .photo import read_photo
+from .seg_nrrd import colors_from_header
 from .sidecar import names_from_header, read_sidecar
 from .tiff import read_tiff
 
@@ -69,6 +73,15 @@ def _read_file(path: Path, progress, cancel) -> Image:
             "DICOM (file or folder), TIFF, PNG, JPEG or BMP"
         )
     if fmt == "dicom":
+        from .dicom_seg import is_dicom_seg, read_dicom_seg
+
+        from .rtstruct import is_rtstruct
+
+        if is_dicom_seg(path):
+            return read_dicom_seg(path)
+        if is_rtstruct(path):
+            raise ImageReadError(f"{path.name} is an RTSTRUCT (contours without a grid of their own): put it on its "
+                                 "image with 'medseg convert RTSTRUCT --like IMAGE -o labels.nii.gz'")
         return read_dicom_file(path, progress=progress, cancel=cancel)
     if fmt == "tiff":
         return read_tiff(path)
@@ -89,6 +102,12 @@ def _read_with_sitk(path: Path, fmt: str, progress, cancel) -> Image:
     fields, warnings = _header_fields(img)
     modality = _modality(fields)
     metadata = {"format": fmt, "warnings": warnings, "label_names": names_from_header(fields)}
+    colors = colors_from_header(fields)
+    if nii is not None:
+        names, colors = read_label_table(nii)
+        metadata["label_names"] = metadata["label_names"] or names
+    if colors:
+        metadata["label_colors"] = colors
     image = image_from_sitk(img, path.name, modality=modality, intensity="HU" if modality == "CT" else "raw",
                             metadata=metadata)
     if nii is None:

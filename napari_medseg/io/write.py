@@ -1,16 +1,16 @@
 """`write_labels`: a label map saved in its reference image's exact geometry, with label names.
 
 NIfTI, NRRD and MetaImage carry the geometry themselves; PNG and TIFF keep it (with label names)
-in the sidecar (`formats.sidecar_path`), NIfTI keeps label names there too, NRRD and MetaImage in
-Slicer-style header keys. Files are written through `atomic.replacing`: the written temporary file is
-read back (header, shape, type, every data byte present, compressed streams' checksums) before it
-replaces the target, so a writer's silent short write (ITK's on a full disk) never replaces a file.
+in the sidecar (`formats.sidecar_path`), NIfTI keeps label names there too and (with colours) in
+TotalSegmentator's label-table extension (nifti_labels.py), NRRD and MetaImage in Slicer-style header keys.
+3D Slicer's seg.nrrd (seg_nrrd.py), DICOM-SEG (dicom_seg.py) and RTSTRUCT are written by their own modules.
+Files are written through `atomic.replacing`: the written temporary file is read back (header, shape, type,
+every data byte present, compressed streams' checksums) before it replaces the target, so a writer's silent
+short write (ITK's on a full disk) never replaces a file.
 """
 from __future__ import annotations
 
-import gzip
 import re
-import shutil
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
@@ -23,20 +23,27 @@ from ._sitk import itk_reason, sitk_from_array
 from .declared import check_present, itk_header, metaimage_parts, nrrd_parts
 from .formats import WRITE_FORMATS, suffix_of
 from .image import Image
+from .label_formats import CLINICAL, format_of, write_clinical
 from .nifti import check_nifti_data, nifti_header
+from .nifti_labels import write_labelled_nifti
 from .photo import write_png_labels
+from .segments import segments_of
 from .sidecar import names_to_header, sidecar_replaced_with
 from .tiff import check_stored, write_tiff_labels
 
-_SUPPORTED = ".nii.gz, .nii, .nrrd, .mha, .png or .tif"
+_SUPPORTED = ".nii.gz, .nii, .nrrd, .seg.nrrd, .mha, .dcm (DICOM-SEG), .png or .tif"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk and its CRC: every PNG's last 12 bytes
 
 
 def write_labels(labels: np.ndarray, like: Image, path: str | Path,
-                 label_names: dict[int, str] | None = None) -> Path:
-    """Write `labels` (shape `like.spatial_shape`) as NIfTI, NRRD, MetaImage, PNG or TIFF."""
+                 label_names: dict[int, str] | None = None, *, label_colors: dict[int, tuple] | None = None,
+                 fmt: str | None = None, dicom_seg_type: str = "BINARY") -> Path:
+    """Write `labels` (shape `like.spatial_shape`) as NIfTI, NRRD, 3D Slicer seg.nrrd, MetaImage, DICOM-SEG,
+    PNG or TIFF, chosen by `fmt` (see label_formats.NAMES) or the file name; colours (RGB) where the format
+    keeps them. DICOM-SEG needs `like` read from DICOM; `dicom_seg_type` is BINARY or LABELMAP."""
     path = Path(path).expanduser()
-    fmt = WRITE_FORMATS.get(suffix_of(path))
+    chosen = format_of(path, fmt)
+    fmt = chosen if chosen in CLINICAL else WRITE_FORMATS.get(suffix_of(path))
     if fmt is None:
         raise ImageWriteError(f"Cannot write labels as '{suffix_of(path) or path.name}': use {_SUPPORTED}")
     if not path.parent.is_dir():
@@ -46,18 +53,21 @@ def write_labels(labels: np.ndarray, like: Image, path: str | Path,
         problem = "are 3-D" if labels.ndim != 2 else "have values above 65535"
         raise ImageWriteError(f"PNG cannot hold these labels: they {problem}; use .nii.gz, .nrrd, .mha or .tif")
     names = {int(k): str(v) for k, v in (label_names or {}).items()}
+    if fmt in CLINICAL:  # their own modules: segment metadata, atomic writes
+        return write_clinical(fmt, labels, like, path, names, label_colors, dicom_seg_type)
     try:
         with ExitStack() as sidecar:
             if fmt in ("nifti", "png", "tiff"):  # written first, replaced after the labels
                 sidecar.enter_context(sidecar_replaced_with(path, names, like.geometry() if fmt != "nifti" else None))
-            verify = written_check(path, labels.shape, labels.dtype)
-            with replacing(path, verify=verify) as temp:
+            with replacing(path, verify=written_check(path, labels.shape, labels.dtype)) as temp:
                 if fmt == "png":
                     write_png_labels(labels, temp)
                 elif fmt == "tiff":
                     write_tiff_labels(labels, like, temp)
+                elif fmt == "nifti":  # with the label table extension (names, colours), as TotalSegmentator
+                    write_labelled_nifti(labels, like, temp, segments_of(labels, names, label_colors, given_only=True))
                 else:
-                    _write_with_sitk(labels, like, temp, names if fmt in ("nrrd", "metaimage") else {}, verify)
+                    _write_with_sitk(labels, like, temp, names)
     except MedsegError:
         raise
     except Exception as exc:  # OSError, SimpleITK RuntimeError, tifffile/Pillow errors
@@ -86,25 +96,13 @@ def _label_array(labels, like: Image) -> np.ndarray:
     raise ImageWriteError(f"Label value {high} is too large (at most {np.iinfo(np.uint32).max})")
 
 
-def _write_with_sitk(labels: np.ndarray, like: Image, path: Path, names: dict[int, str], verify) -> None:
+def _write_with_sitk(labels: np.ndarray, like: Image, path: Path, names: dict[int, str]) -> None:
     import SimpleITK as sitk
 
     img = sitk_from_array(labels, like)
     for key, value in names_to_header(names).items():
         img.SetMetaData(key, value)
-    if not path.name.lower().endswith(".gz"):
-        sitk.WriteImage(img, str(path), useCompression=True)
-        return
-    # ITK's NIfTI writer ignores the compression level and deflates at zlib's default, 4x slower than
-    # level 1 for a 512 x 512 x 300 label map: write it plain, then gzip it here at level 1
-    plain = path.with_name(path.name[:-3])
-    try:
-        sitk.WriteImage(img, str(plain))
-        verify(plain)  # before compressing it: ITK's short writes do not raise
-        with open(plain, "rb") as source, gzip.open(path, "wb", compresslevel=1) as target:
-            shutil.copyfileobj(source, target, 1 << 22)
-    finally:
-        plain.unlink(missing_ok=True)
+    sitk.WriteImage(img, str(path), useCompression=True)
 
 
 def written_check(target: Path, shape: tuple[int, ...], dtype, components: int = 1) -> Callable[[Path], None]:

@@ -55,7 +55,7 @@ def make_nifti(tmp_path):
 def write_dicom_slice(path: Path, pixels: np.ndarray, *, position, orientation=(1, 0, 0, 0, 1, 0),
                       pixel_spacing=(0.7, 0.6), series_uid="1.2.826.0.1.3680043.9.1.1", modality="CT",
                       instance=1, slope=1.0, intercept=-1024.0, description="synthetic", number=1,
-                      with_pixels=True, signed=True, thickness=2.0):
+                      with_pixels=True, signed=True, thickness=2.0, frame_of_reference="1.2.826.0.1.3680043.9.1.2"):
     """A minimal but complete Part-10 DICOM slice; pixel_spacing is (row spacing, column spacing)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -70,6 +70,8 @@ def write_dicom_slice(path: Path, pixels: np.ndarray, *, position, orientation=(
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.9.1", series_uid
     ds.PatientID, ds.Modality, ds.SeriesDescription = "anon", modality, description
+    if frame_of_reference:
+        ds.FrameOfReferenceUID = frame_of_reference
     ds.SeriesNumber, ds.InstanceNumber = number, instance
     ds.ImagePositionPatient = [f"{v:.4f}" for v in position]
     ds.ImageOrientationPatient = [f"{v:.6f}" for v in orientation]

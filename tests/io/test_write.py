@@ -149,3 +149,55 @@ def test_failed_write_keeps_previous_file(tmp_path, make_nifti, monkeypatch):
         write_labels(labels_for(image, top=5), image, out)
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["image.nii.gz", "seg.nrrd"]
+
+
+def test_dicom_slice_labels_keep_the_slice_position_in_nifti(tmp_path, pydicom_files):
+    """A mask on CT_small.dcm lands on the slice's voxels in 3-D (z position and thickness), as dcm2niix puts them."""
+    import nibabel as nib
+    import pydicom
+
+    slice_ = read_image(pydicom_files / "CT_small.dcm")
+    ds = pydicom.dcmread(pydicom_files / "CT_small.dcm", stop_before_pixels=True)
+    labels = np.zeros(slice_.spatial_shape, np.uint8)
+    labels[40:60, 70:90] = 1
+    out = write_labels(labels, slice_, tmp_path / "slice.nii.gz")
+    nii = nib.load(out)
+    assert nii.shape == (128, 128)
+    np.testing.assert_allclose(nii.header.get_zooms()[:2], [float(v) for v in ds.PixelSpacing][::-1], rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(nii.affine[:3, 2]), float(ds.SliceThickness), rtol=1e-6)
+    row, col = np.array(ds.ImageOrientationPatient[:3], float), np.array(ds.ImageOrientationPatient[3:], float)
+    rows, cols = np.nonzero(labels)
+    lps = (np.array(ds.ImagePositionPatient, float) + np.outer(cols * float(ds.PixelSpacing[1]), row)
+           + np.outer(rows * float(ds.PixelSpacing[0]), col))
+    ijk = np.linalg.solve(nii.affine[:3, :3], (lps * [-1, -1, 1] - nii.affine[:3, 3]).T).T
+    np.testing.assert_allclose(ijk[:, 2], 0, atol=1e-4)  # on the slice (z = -75.7 mm), not at z = 0
+    data = np.asanyarray(nii.dataobj)
+    assert (data[tuple(np.round(ijk[:, :2]).astype(int).T)] == 1).all()
+    assert_same_geometry(slice_, read_image(out))  # and still the 2-D slice's geometry for us
+
+
+def test_dicom_slice_labels_land_where_dcm2niix_puts_the_slice(tmp_path, pydicom_files):
+    """dcm2niix (the reference converter) and our mask NIfTI agree on every labelled voxel's world position."""
+    import shutil
+    import subprocess
+
+    import nibabel as nib
+
+    dcm2niix = pytest.importorskip("dcm2niix")
+    source = tmp_path / "dicom"
+    source.mkdir()
+    shutil.copy(pydicom_files / "CT_small.dcm", source)
+    subprocess.run([str(dcm2niix.bin), "-z", "y", "-f", "ct", "-o", str(tmp_path), str(source)], check=True,
+                   capture_output=True, timeout=60)
+    reference = nib.load(tmp_path / "ct.nii.gz")
+    slice_ = read_image(source / "CT_small.dcm")
+    labels = (slice_.array > np.percentile(slice_.array, 90)).astype(np.uint8)
+    ours = nib.load(write_labels(labels, slice_, tmp_path / "mask.nii.gz"))
+    ijk = np.argwhere(np.asanyarray(ours.dataobj) > 0)
+    world = nib.affines.apply_affine(ours.affine, np.c_[ijk, np.zeros(len(ijk))])
+    there = nib.affines.apply_affine(np.linalg.inv(reference.affine), world)
+    np.testing.assert_allclose(there, np.round(there), atol=1e-4)  # on dcm2niix's voxel centres, slice 0
+    there = np.round(there).astype(int)
+    assert len(ijk) > 1000 and (there[:, 2] == 0).all()
+    hu = np.asanyarray(reference.dataobj).reshape(reference.shape[:2])
+    np.testing.assert_array_equal(hu[there[:, 0], there[:, 1]], slice_.array.T[ijk[:, 0], ijk[:, 1]])

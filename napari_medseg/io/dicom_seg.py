@@ -1,0 +1,227 @@
+"""DICOM Segmentation objects (DICOM-SEG) written and read with highdicom.
+
+A SEG references the source series' instances (so PACS viewers overlay it on them) and holds one segment
+per object with its name, colour and a SNOMED-CT property code (see segments.py). Segment numbers are
+1..N in ascending order of the label values (DICOM requires consecutive numbers): labels 1..N come back
+unchanged, others are renumbered.
+
+BINARY stores one bit-plane per segment and omits empty frames; LABELMAP stores one frame per source
+slice holding segment numbers (highdicom >= 0.24.0, DICOM 2024c).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import replacing
+from ..errors import ImageReadError, ImageWriteError
+from .dicom_series import read_header, scan_folder
+from .image import Image
+from .segments import Segment
+
+# Segmentation Storage (BINARY, FRACTIONAL) and Label Map Segmentation Storage (LABELMAP)
+SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
+SEG_TYPES = ("BINARY", "LABELMAP")
+MAX_SEGMENTS = 255
+_POSITION_TOLERANCE_MM = 0.01
+
+
+def is_dicom_seg(path: Path) -> bool:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, specific_tags=["SOPClassUID"], stop_before_pixels=True, force=True)
+    except Exception:  # not DICOM, or damaged: the image readers say so
+        return False
+    return str(ds.get("SOPClassUID", "")) in SEG_SOP_CLASSES
+
+
+def source_files(like: Image) -> list[Path]:
+    """The DICOM files holding `like`'s slices, in its z order; a one-line error when there are none."""
+    path = like.path
+    if path is None or not path.exists():
+        raise ImageWriteError("DICOM-SEG needs labels drawn on a DICOM image; these labels' source image is unknown")
+    if path.is_file():
+        ds = read_header(path)
+        if ds is None or "Rows" not in ds:
+            raise ImageWriteError(f"DICOM-SEG needs labels drawn on a DICOM image, not on {path.name}: "
+                                  "save as .nii.gz or .seg.nrrd instead")
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            raise ImageWriteError(f"DICOM-SEG for multi-frame sources ({path.name}) is not supported yet")
+        shape = like.spatial_shape if like.ndim == 3 else (1, *like.spatial_shape)
+        if shape != (1, int(ds.Rows), int(ds.Columns)):
+            raise ImageWriteError(f"The labels' grid {like.spatial_shape} is not {path.name}'s "
+                                  f"{int(ds.Rows)} x {int(ds.Columns)} pixels")
+        return [path]
+    stacks = scan_folder(path, None, None)
+    key = like.metadata.get("series_key")
+    shape = like.spatial_shape if like.ndim == 3 else (1, *like.spatial_shape)
+    # where the first slice lies: a volume's origin; a single slice's 3-D origin when it was read here
+    origin = like.origin if like.ndim == 3 else like.metadata.get("slice_geometry", {}).get("origin")
+    candidates = []
+    for info, slices in stacks:
+        first = slices[0]
+        if (key is not None and info.key != key) or (len(slices), *first.shape[:2]) != shape:
+            continue
+        if origin is None or first.position is not None and np.allclose(first.position, origin,
+                                                                         atol=_POSITION_TOLERANCE_MM):
+            candidates.append(list(info.files))
+    if len(candidates) == 1 or candidates and origin is not None:
+        return candidates[0]
+    raise ImageWriteError(f"No DICOM series in {path} has the labels' grid {like.spatial_shape}"
+                          + (f" at origin {tuple(round(o, 2) for o in origin)}" if origin is not None else
+                             " (several slices of that size: open the DICOM file itself)")
+                          + ": DICOM-SEG must lie on its source slices")
+
+
+def _segment_description(number: int, segment: Segment):
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from .. import __version__
+
+    def coded(code):
+        return hd.sr.CodedConcept(value=code[1], scheme_designator=code[0], meaning=code[2])
+
+    return hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=segment.name[:64],
+        segmented_property_category=coded(segment.category),
+        segmented_property_type=coded(segment.property_type),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name="napari-medseg", family=codes.cid7162.ArtificialIntelligence, version=__version__),
+        tracking_id=f"label {segment.value}",
+        tracking_uid=hd.UID(),
+        display_color=hd.color.CIELabColor.from_rgb(*segment.color),
+    )
+
+
+# Patient and study attributes a SEG must carry (type 2: present, may be empty); highdicom copies them from
+# the source, and exports, anonymisers and hand-made files sometimes drop them
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+          "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _with_type2_attributes(ds):
+    for keyword in _TYPE2:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds
+
+
+def check_segments(segments: list[Segment], seg_type: str) -> None:
+    if seg_type not in SEG_TYPES:
+        raise ImageWriteError(f"DICOM-SEG type must be one of {', '.join(SEG_TYPES)}, not {seg_type!r}")
+    if not segments:
+        raise ImageWriteError("The labels are empty: a DICOM-SEG needs at least one labelled voxel")
+    if len(segments) > MAX_SEGMENTS:
+        raise ImageWriteError(f"{len(segments)} segments: DICOM-SEG holds at most {MAX_SEGMENTS} here; "
+                              "merge labels or save as .seg.nrrd or .nii.gz")
+
+
+def write_dicom_seg(labels: np.ndarray, like: Image, path: Path, segments: list[Segment],
+                    seg_type: str = "BINARY") -> None:
+    """Write `labels` (on `like`'s DICOM source grid) as a DICOM-SEG at `path`, atomically."""
+    import highdicom as hd
+    import pydicom
+
+    from .. import __version__
+
+    check_segments(segments, seg_type)
+    files = source_files(like)
+    sources = [_with_type2_attributes(pydicom.dcmread(f, stop_before_pixels=True)) for f in files]
+    if any("FrameOfReferenceUID" not in ds for ds in sources):
+        raise ImageWriteError("The source DICOM has no FrameOfReferenceUID, so a DICOM-SEG cannot be placed on it: "
+                              "save as .nii.gz or .seg.nrrd instead")
+    lookup = np.zeros(int(labels.max()) + 1, np.uint8)
+    lookup[[s.value for s in segments]] = np.arange(1, len(segments) + 1)
+    numbers = lookup[labels].reshape(len(files), *labels.shape[-2:])
+    first = sources[0]
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=numbers,
+        segmentation_type=seg_type,
+        segment_descriptions=[_segment_description(n, s) for n, s in enumerate(segments, 1)],
+        series_instance_uid=hd.UID(),
+        series_number=int(first.get("SeriesNumber") or 0) + 1000,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="napari-medseg",
+        manufacturer_model_name="napari-medseg",
+        software_versions=__version__,
+        device_serial_number="0",
+        series_description="napari-medseg segmentation",
+        content_label="SEGMENTATION",
+        content_description="Segmentation made with napari-medseg",
+        omit_empty_frames=seg_type == "BINARY",
+    )
+    expected_uid = seg.SOPInstanceUID
+
+    def verify(temp: Path) -> None:
+        back = pydicom.dcmread(temp, stop_before_pixels=True)
+        written = [item for item in back.SegmentSequence if int(item.SegmentNumber) > 0]  # LABELMAP adds 0
+        if back.SOPInstanceUID != expected_uid or len(written) != len(segments):
+            raise OSError(f"{path.name} did not read back as the DICOM-SEG just written")
+
+    try:
+        with replacing(path, verify=verify) as temp:
+            seg.save_as(temp, enforce_file_format=True)
+    except OSError as exc:
+        raise ImageWriteError(f"Cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _sitk_image(volume):
+    """A SimpleITK image of a highdicom Volume (affine from (slice, row, column) to LPS) with the slices along
+    row x column cosines, as ITK and the DICOM reader stack them; one slice is 2-D, like its source slice."""
+    import SimpleITK as sitk
+
+    from .dicom import _as_2d
+
+    array, steps = volume.array, volume.affine[:3, 2::-1].copy()  # columns: x (column), y (row), z (slice)
+    origin = volume.affine[:3, 3].copy()
+    if array.shape[0] > 1 and np.cross(steps[:, 0], steps[:, 1]) @ steps[:, 2] < 0:
+        origin += (array.shape[0] - 1) * steps[:, 2]
+        steps[:, 2] *= -1
+        array = array[::-1]
+    img = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    spacing = np.linalg.norm(steps, axis=0)
+    img.SetSpacing(tuple(float(s) for s in spacing))
+    img.SetOrigin(tuple(float(o) for o in origin))
+    img.SetDirection(tuple((steps / spacing).ravel()))
+    return _as_2d(img) if img.GetSize()[2] == 1 else img
+
+
+def read_dicom_seg(path: Path) -> Image:
+    """A DICOM-SEG as a label map (values = segment numbers) in the frames' geometry, with names and colours.
+
+    A SEG of one frame is 2-D, like the single DICOM slice it was drawn on."""
+    import highdicom as hd
+
+    from ._sitk import image_from_sitk
+
+    try:
+        seg = hd.seg.segread(path)
+        numbers = [int(n) for n in seg.segment_numbers]
+        volume = seg.get_volume(combine_segments=True, relabel=False,
+                                dtype=np.uint8 if max(numbers, default=0) <= 255 else np.uint16)
+    except Exception as exc:  # highdicom raises ValueError/RuntimeError/AttributeError for malformed SEGs
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "overlap" in reason:
+            raise ImageReadError(f"Segments of {path.name} overlap, and a label map holds one label per voxel: "
+                                 "open it in 3D Slicer, or split it into one SEG per segment") from None
+        raise ImageReadError(f"Cannot read DICOM-SEG {path.name}: {reason}") from None
+    img = _sitk_image(volume)
+    names, colors = {}, {}
+    for number in numbers:
+        description = seg.get_segment_description(number)
+        names[number] = str(description.segment_label)
+        lab = description.get("RecommendedDisplayCIELabValue")
+        if lab is not None:
+            colors[number] = tuple(int(c) for c in hd.color.CIELabColor.from_dicom_value(lab).to_rgb())
+    references = [str(item.SeriesInstanceUID) for item in seg.get("ReferencedSeriesSequence", [])]
+    metadata = {"format": "dicom-seg", "warnings": [], "label_names": names, "label_colors": colors,
+                "segmentation_type": str(seg.SegmentationType), "referenced_series_uids": references,
+                "original_dtype": str(volume.dtype)}
+    return image_from_sitk(img, path.name, modality="SEG", metadata=metadata)
