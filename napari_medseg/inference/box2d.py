@@ -7,6 +7,7 @@ masks in the slice's own pixels. ``BoxPredictor.propagate`` carries a slice mask
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -210,7 +211,8 @@ class Embedding:
 
 
 class EmbeddingCache:
-    """Least-recently-used image embeddings keyed by (content hash, family, weights sha256, key, precision).
+    """Least-recently-used image embeddings keyed by (content hash, family, weights sha256, preprocessing,
+    key, precision).
 
     One cache may serve several predictors when their models were loaded from files (sha256 known).
     """
@@ -253,11 +255,13 @@ class BoxPredictor:
     ``precision``: "fp32", "bf16" (image encoder under bfloat16 autocast; prompt encoder and decoder
     stay fp32) or "auto" (bf16 where the hardware computes it natively: CUDA GPUs with bf16, CPUs with
     AVX512-BF16/AMX; fp32 elsewhere). ``compile`` runs the image encoder and the mask decoding through
-    ``torch.compile`` (slow first calls). The network is moved to ``device``.
+    ``torch.compile`` (slow first calls). The network is moved to ``device``. ``store`` (an
+    `embedding_cache.EmbeddingStore`) keeps embeddings on disk across sessions for models whose weights'
+    sha256 is known.
     """
 
     def __init__(self, loaded, device=None, precision: str = "auto", cache: EmbeddingCache | None = None,
-                 compile: bool = False):
+                 compile: bool = False, store=None):
         import torch
 
         from ..models.sam_family import encoder_for_inference
@@ -281,6 +285,8 @@ class BoxPredictor:
             self._dense_pe = network.prompt_encoder.get_dense_pe()
         self.profile = PROFILES[loaded.preprocessing["profile"]](network, int(loaded.preprocessing["image_size"]))
         self.cache = cache if cache is not None else EmbeddingCache()
+        self.store = store if loaded.sha256 else None  # without the weights' hash a stored entry has no owner
+        self._preprocessing = json.dumps(loaded.preprocessing, sort_keys=True, default=str)
         self.embedding: Embedding | None = None
         self.cache_hit = False
         # the decoder is a chain of ~150 small kernels: on CUDA a graph replays them with one launch
@@ -289,12 +295,19 @@ class BoxPredictor:
     # ---- image
     def set_image(self, image2d: np.ndarray, key=None, display_range=None) -> None:
         """Embed a slice (or reuse its cached embedding). ``key`` distinguishes equal slices if wanted."""
-        cache_key = (content_hash(image2d, display_range), self.loaded.family, self.loaded.sha256, key, self.precision)
+        cache_key = (content_hash(image2d, display_range), self.loaded.family, self.loaded.sha256,
+                     self._preprocessing, key, self.precision)
         embedding = self.cache.get(cache_key)
+        if embedding is None and self.store is not None:
+            embedding = self.store.get(cache_key, self.device)
+            if embedding is not None:
+                self.cache.put(cache_key, embedding)
         self.cache_hit = embedding is not None
         if embedding is None:
             embedding = self._embed(to_uint8_rgb(image2d, display_range))
             self.cache.put(cache_key, embedding)
+            if self.store is not None:
+                self.store.put(cache_key, embedding)
         self.embedding = embedding
 
     def _embed(self, rgb: np.ndarray) -> Embedding:
