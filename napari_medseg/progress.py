@@ -38,3 +38,15 @@ class Progress:
             self.message = message
         self._report()
         self.check()
+
+
+def format_duration(seconds: float) -> str:
+    """'45 s', '1 min 05 s', '2 h 03 min': rounded once, so no unit ever reads 60."""
+    total = max(0, int(round(seconds)))
+    if total < 60:
+        return f"{total} s"
+    minutes, secs = divmod(total, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
