@@ -17,6 +17,7 @@ from .runner import TaskRunner
 
 BOX_LAYER, POINT_LAYER = "medseg boxes", "medseg points"
 NEW_LABELS = "New labels layer"
+DIRECTIONS = {"both directions": (1, -1), "higher slices": (1,), "lower slices": (-1,)}
 
 
 @dataclass
@@ -104,6 +105,10 @@ class SegmentWidget(QWidget):
         self.auto_check.setChecked(True)
         self.segment_button = QPushButton("Segment")
         self.propagate_button = QPushButton("Propagate through slices")
+        self.propagate_button.setToolTip("From the displayed slice: the selected label's mask there (a model mask "
+                                         "or your correction) is carried on until the object ends")
+        self.direction_combo = QComboBox()
+        self.direction_combo.addItems(list(DIRECTIONS))
         from .report_box import ReportBox
 
         self.report_box = ReportBox()
@@ -124,7 +129,10 @@ class SegmentWidget(QWidget):
         grid.addWidget(self.tokenizer_button)
         grid.addWidget(self.auto_check)
         grid.addWidget(self.segment_button)
-        grid.addWidget(self.propagate_button)
+        propagate_row = QHBoxLayout()
+        propagate_row.addWidget(self.propagate_button, 1)
+        propagate_row.addWidget(self.direction_combo)
+        grid.addLayout(propagate_row)
         auto_row = QHBoxLayout()
         auto_row.addWidget(self.automatic_button, 1)
         auto_row.addWidget(self.scope_combo)
@@ -235,6 +243,7 @@ class SegmentWidget(QWidget):
         for widget in (self.box_button, self.auto_check, self.segment_button):
             widget.setVisible(prompt_model)
         self.propagate_button.setVisible(card.task == "box2d")
+        self.direction_combo.setVisible(card.task == "box2d")
         self.report_box.setVisible(card.task == "text2d")
         self.tokenizer_button.setVisible(card.task == "text2d")
         for widget in (self.pos_button, self.neg_button):
@@ -370,8 +379,10 @@ class SegmentWidget(QWidget):
         def job(progress, cancel):
             from ..inference.planes import take_plane
 
-            predictor = self._predictor(card, device)
+            predictor = self._predictor(card, device, progress)
             plane = take_plane(image, axis, index, limits)
+            progress(0, 0, "Embedding the image" if axis is None else
+                     f"Embedding slice {index} of {image.spatial_shape[axis]}")
             predictor.set_image(plane.pixels)
             mask = predictor.predict(
                 box=plane.box_to_pixels(box) if box else None,
@@ -404,14 +415,17 @@ class SegmentWidget(QWidget):
         self.runner.run(job, lambda mask: self._write_mask(image_layer, image, axis, index, mask, prompt),
                         "Reading the report and segmenting")
 
-    def _predictor(self, card, device):
+    def _predictor(self, card, device, progress=None):
         from ..inference.box2d import BoxPredictor
+        from ..inference.embedding_cache import default_store
         from ..models.load import load_model
 
         key = (card.id, device)
         if key not in self._predictors:
+            if progress is not None:
+                progress(0, 0, f"Loading {card.name}")
             loaded = load_model(card.id, device=device)
-            self._predictors = {key: BoxPredictor(loaded, device=loaded.info.get("device"))}
+            self._predictors = {key: BoxPredictor(loaded, device=loaded.info.get("device"), store=default_store())}
         return self._predictors[key]
 
     def _write_mask(self, image_layer, image, axis, index, mask, prompt=None) -> None:
@@ -442,36 +456,83 @@ class SegmentWidget(QWidget):
 
     # ---- 3-D propagation --------------------------------------------------------------------
     def propagate(self) -> None:
-        from ..inference.planes import resample_mask, take_plane
-
-        edit = self._edits[-1] if self._edits else None
-        if edit is None or edit.plane is None:
-            return self._notify("warning", "Segment an object on one slice of a volume first, then propagate it.")
-        (axis, index), labels, value = edit.plane, edit.layer, edit.value
+        """Carry the selected label's mask on the displayed slice through the volume (any slice, any time)."""
+        try:
+            image_layer = self.image_layer()
+            labels, axis, index, value = self._propagation_start(image_layer)
+        except PromptError as exc:
+            return self._notify("warning", str(exc))
         start_mask = np.take(np.asarray(labels.data), index, axis=axis) == value
         overwrite = self.overwrite_check.isChecked()
-        image_layer = self.image_layer()
+        directions = DIRECTIONS[self.direction_combo.currentText()]
         image = self._image(image_layer)
         limits = tuple(image_layer.contrast_limits)
         card, device = self.card, self.device_combo.currentText()
 
         def job(progress, cancel):
-            predictor = self._predictor(card, device)
-            planes = [take_plane(image, axis, i, limits) for i in range(image.spatial_shape[axis])]
-            seed = resample_mask(start_mask, planes[index].pixels.shape[:2])
-            masks = predictor.propagate(np.stack([p.pixels for p in planes]), index, seed,
-                                        progress=progress, cancel=cancel)
-            return np.stack([p.mask_to_plane(m) for p, m in zip(planes, masks)])
+            from ..errors import Cancelled
+            from ..inference.planes import resample_mask, take_plane
+            from ..inference.propagation import propagate_slices
 
-        def done(masks):
-            moved = np.moveaxis(masks, 0, axis)
-            indices = np.nonzero(moved & writable(np.asarray(labels.data), value, overwrite))
-            edit = write_model_edit(labels, indices, value, value=value)
+            predictor = self._predictor(card, device, progress)
+            planes = {}
+
+            def slice_at(i):
+                planes.clear()  # only the slice being worked on is kept
+                planes[i] = take_plane(image, axis, i, limits)
+                return planes[i].pixels
+
+            seed = resample_mask(start_mask, take_plane(image, axis, index, limits).pixels.shape[:2])
+            found, cancelled = {}, False
+            try:
+                for i, mask in propagate_slices(predictor, slice_at, image.spatial_shape[axis], index, seed,
+                                                directions=directions, progress=progress, cancel=cancel):
+                    found[i] = planes[i].mask_to_plane(mask)
+            except Cancelled:
+                cancelled = True
+            return found, cancelled
+
+        def done(result):
+            found, cancelled = result
+            edit = self._write_propagation(labels, axis, value, found, overwrite)
             if edit is not None:
                 self._edits.append(edit)
-            self._notify("info", f"Propagated label {value} through {int(masks.reshape(len(masks), -1).any(1).sum())} slices")
+            kept = " (cancelled; the slices done so far are kept)" if cancelled else ""
+            self._notify("info", f"Propagated label {value} through {len(found)} slices{kept}")
 
-        self.runner.run(job, done, "Propagating")
+        self.runner.run(job, done, f"Propagating label {value} from slice {index}")
+
+    def _propagation_start(self, image_layer):
+        """(labels layer, axis, displayed slice, label value) to propagate from, or PromptError."""
+        axis, index = self._plane_position(image_layer)
+        if axis is None:
+            raise PromptError("Propagation needs a volume; this image is 2-D")
+        name = self.labels_combo.currentText()
+        labels = self.viewer.layers[name] if name != NEW_LABELS and name in self.viewer.layers else (
+            self._edits[-1].layer if self._edits else None)
+        if labels is None:
+            raise PromptError("Segment an object on one slice of a volume first, then propagate it.")
+        value = int(labels.selected_label)
+        if not (np.take(np.asarray(labels.data), index, axis=axis) == value).any():
+            raise PromptError(f"Label {value} has no voxels on slice {index}: segment or paint the object here, "
+                              "or select its label, then propagate")
+        return labels, axis, index, value
+
+    @staticmethod
+    def _write_propagation(labels, axis, value, found, overwrite):
+        """One undo step: on each slice reached, the object's voxels become the new mask's."""
+        parts, values = [], []
+        for i, mask in found.items():
+            current = np.take(np.asarray(labels.data), i, axis=axis)
+            new = mask & writable(current, value, overwrite)
+            for where, v in ((new, value), ((current == value) & ~mask, 0)):
+                in_plane = np.nonzero(where)
+                parts.append((*in_plane[:axis], np.full_like(in_plane[0], i), *in_plane[axis:]))
+                values.append(np.full(len(in_plane[0]), v))
+        if not parts:
+            return None
+        indices = tuple(np.concatenate(column) for column in zip(*parts))
+        return write_model_edit(labels, indices, np.concatenate(values), value=value)
 
     # ---- automatic models -------------------------------------------------------------------
     def run_automatic(self) -> None:
