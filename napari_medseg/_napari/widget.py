@@ -70,6 +70,7 @@ class SegmentWidget(QWidget):
         self._refresh_layers()
         self._model_changed()
         self._find_devices()
+        self._start_recovery()
 
     # ---- layout -----------------------------------------------------------------------------
     def _build(self) -> None:
@@ -207,6 +208,18 @@ class SegmentWidget(QWidget):
         worker = create_worker(available_devices)
         worker.returned.connect(add)
         worker.start()
+
+    def _start_recovery(self) -> None:
+        """Recovery copies of the labels this widget writes; copies left for open images are offered back."""
+        from .recovery import Recovery
+
+        self.recovery = Recovery(self.viewer)
+        for layer in self._image_layers():
+            self.recovery.offer(layer)
+        self.viewer.layers.events.inserted.connect(self._offer_recovery)
+
+    def _offer_recovery(self, event) -> None:
+        self.recovery.offer(event.value)
 
     # ---- helpers ----------------------------------------------------------------------------
     def _notify(self, level: str, message: str) -> None:
@@ -441,6 +454,7 @@ class SegmentWidget(QWidget):
         if edit is None:
             return self._notify("info", "The mask lies inside other objects; tick \"Overwrite other objects\" to replace them.")
         self._edits.append(edit)
+        self.recovery.watch(labels, image_layer)
         labels.selected_label = value
         if prompt is not None:  # kept with the labels: the annotation store and training read them
             import time
@@ -497,6 +511,7 @@ class SegmentWidget(QWidget):
             edit = self._write_propagation(labels, axis, value, found, overwrite)
             if edit is not None:
                 self._edits.append(edit)
+                self.recovery.watch(labels, image_layer)
             kept = " (cancelled; the slices done so far are kept)" if cancelled else ""
             self._notify("info", f"Propagated label {value} through {len(found)} slices{kept}")
 
@@ -582,6 +597,7 @@ class SegmentWidget(QWidget):
         edit = write_model_edit(layer, indices, labels_array[changed])
         if edit is not None:
             self._edits.append(edit)
+            self.recovery.watch(layer, image_layer)
         classes = classes or {int(v): str(v) for v in np.unique(labels_array)}
         values = sorted(classes)
         layer.features = pd.DataFrame({"index": values, "name": [classes[v] for v in values]})

@@ -12,4 +12,8 @@ def write_labels_layer(path: str, data, attributes: dict) -> list[str]:
     metadata = attributes.get("metadata") or {}
     like = reference_image(data, metadata, attributes)
     names = {int(k): v for k, v in (metadata.get(META_KEY, {}).get("label_names") or {}).items()}
-    return [str(write_labels(data, like, path, label_names=names or None))]
+    written = [str(write_labels(data, like, path, label_names=names or None))]
+    from .recovery import note_saved
+
+    note_saved(data)  # the layer is in a file now: no recovery copy needed
+    return written
