@@ -21,7 +21,8 @@ def run(predictor, volume, start, seed, count):
     from napari_medseg.inference.propagation import UP, propagate_slices
 
     wall, cpu, done = time.perf_counter(), time.process_time(), 0
-    for _ in propagate_slices(predictor, volume.__getitem__, len(volume), start, seed, directions=UP,
+    window = (float(volume.min()), float(volume.max()))  # one intensity mapping for every slice
+    for _ in propagate_slices(predictor, volume.__getitem__, len(volume), start, seed, directions=UP, display_range=window,
                               min_area_fraction=0.0, max_intensity_change=float("inf")):
         done += 1
         if done == count:
