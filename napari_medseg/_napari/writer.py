@@ -17,4 +17,8 @@ def write_labels_layer(path: str, data, attributes: dict) -> list[str]:
     info = metadata.get(META_KEY, {})
     names = {int(k): v for k, v in (info.get("label_names") or {}).items()}
     colors = {int(k): v for k, v in (info.get("label_colors") or {}).items()}
-    return [str(write_labels(data, like, path, label_names=names or None, label_colors=colors or None))]
+    written = [str(write_labels(data, like, path, label_names=names or None, label_colors=colors or None))]
+    from .recovery import note_saved
+
+    note_saved(data)  # the layer is in a file now: no recovery copy needed
+    return written

@@ -7,13 +7,13 @@ masks in the slice's own pixels. ``BoxPredictor.propagate`` carries a slice mask
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import MedsegError, PromptError
-from ..progress import Progress
 from .intensity import to_uint8
 
 # --------------------------------------------------------------------------- image conversion
@@ -210,7 +210,8 @@ class Embedding:
 
 
 class EmbeddingCache:
-    """Least-recently-used image embeddings keyed by (content hash, family, weights sha256, key, precision).
+    """Least-recently-used image embeddings keyed by (content hash, family, weights sha256, preprocessing,
+    key, precision).
 
     One cache may serve several predictors when their models were loaded from files (sha256 known).
     """
@@ -253,11 +254,13 @@ class BoxPredictor:
     ``precision``: "fp32", "bf16" (image encoder under bfloat16 autocast; prompt encoder and decoder
     stay fp32) or "auto" (bf16 where the hardware computes it natively: CUDA GPUs with bf16, CPUs with
     AVX512-BF16/AMX; fp32 elsewhere). ``compile`` runs the image encoder and the mask decoding through
-    ``torch.compile`` (slow first calls). The network is moved to ``device``.
+    ``torch.compile`` (slow first calls). The network is moved to ``device``. ``store`` (an
+    `embedding_cache.EmbeddingStore`) keeps embeddings on disk across sessions for models whose weights'
+    sha256 is known.
     """
 
     def __init__(self, loaded, device=None, precision: str = "auto", cache: EmbeddingCache | None = None,
-                 compile: bool = False):
+                 compile: bool = False, store=None):
         import torch
 
         from ..models.sam_family import encoder_for_inference
@@ -281,6 +284,8 @@ class BoxPredictor:
             self._dense_pe = network.prompt_encoder.get_dense_pe()
         self.profile = PROFILES[loaded.preprocessing["profile"]](network, int(loaded.preprocessing["image_size"]))
         self.cache = cache if cache is not None else EmbeddingCache()
+        self.store = store if loaded.sha256 else None  # without the weights' hash a stored entry has no owner
+        self._preprocessing = json.dumps(loaded.preprocessing, sort_keys=True, default=str)
         self.embedding: Embedding | None = None
         self.cache_hit = False
         # the decoder is a chain of ~150 small kernels: on CUDA a graph replays them with one launch
@@ -289,12 +294,19 @@ class BoxPredictor:
     # ---- image
     def set_image(self, image2d: np.ndarray, key=None, display_range=None) -> None:
         """Embed a slice (or reuse its cached embedding). ``key`` distinguishes equal slices if wanted."""
-        cache_key = (content_hash(image2d, display_range), self.loaded.family, self.loaded.sha256, key, self.precision)
+        cache_key = (content_hash(image2d, display_range), self.loaded.family, self.loaded.sha256,
+                     self._preprocessing, key, self.precision)
         embedding = self.cache.get(cache_key)
+        if embedding is None and self.store is not None:
+            embedding = self.store.get(cache_key, self.device)
+            if embedding is not None:
+                self.cache.put(cache_key, embedding)
         self.cache_hit = embedding is not None
         if embedding is None:
             embedding = self._embed(to_uint8_rgb(image2d, display_range))
             self.cache.put(cache_key, embedding)
+            if self.store is not None:
+                self.store.put(cache_key, embedding)
         self.embedding = embedding
 
     def _embed(self, rgb: np.ndarray) -> Embedding:
@@ -357,54 +369,28 @@ class BoxPredictor:
 
     # ---- volumes
     def propagate(self, volume: np.ndarray, start_slice: int, mask: np.ndarray, axis: int = 0,
-                  display_range=None, min_area_fraction: float = 0.05, min_pixels: int = 4,
-                  max_intensity_change: float = 0.5, box_margin: float | None = None,
-                  progress=None, cancel=None) -> np.ndarray:
+                  display_range=None, progress=None, cancel=None, **options) -> np.ndarray:
         """Extend a slice mask through the neighbouring slices of ``volume`` in both directions.
 
-        Each slice is prompted with the bounding box of the previous slice's mask (grown by
-        ``box_margin`` pixels, default 3/256 of the longest side as in LiteMedSAM's 3-D inference).
-        A direction stops when the object is gone: the mask falls below ``min_area_fraction`` of the
-        start area or ``min_pixels``, or its mean intensity moves from the start object's towards the
-        surrounding background by more than ``max_intensity_change`` of their contrast (box models
-        still outline something inside an empty box). Returns a boolean array of the spatial shape.
+        A boolean array of the spatial shape; ``options`` as in `propagation.propagate_slices`, which
+        says how each slice is prompted and where a direction stops. Slices map to the model's pixels
+        through one intensity range, the whole volume's unless ``display_range`` is given.
         """
+        from .propagation import propagate_slices
+
         volume = np.asarray(volume)
         colour = volume.ndim == 4 and volume.shape[-1] in (3, 4)
         if volume.ndim - colour != 3:
             raise MedsegError(f"propagate needs a 3-D volume, got shape {volume.shape}")
         slices = np.moveaxis(volume, axis, 0)
-        start_mask = np.asarray(mask, dtype=bool)
-        if start_mask.shape != slices.shape[1:3]:
-            raise PromptError(f"The start mask has shape {start_mask.shape}, slices have {slices.shape[1:3]}")
-        if not 0 <= start_slice < len(slices):
-            raise PromptError(f"Start slice {start_slice} is outside the volume (0..{len(slices) - 1})")
-        if not start_mask.any():
-            raise PromptError("The start mask is empty: draw or predict the object on the start slice first")
         if display_range is None and volume.dtype != np.uint8:  # one intensity mapping for every slice
             display_range = (float(np.nanmin(volume)), float(np.nanmax(volume)))
-        margin = 3 / 256 * max(start_mask.shape) if box_margin is None else box_margin
-        min_area = max(min_pixels, min_area_fraction * start_mask.sum())
-        grey = to_uint8_rgb(slices[start_slice], display_range).mean(axis=2)
-        ring = _box_region(start_mask, _grown_box(start_mask, 2 * margin + 2)) & ~start_mask
-        object_level = grey[start_mask].mean()
-        tolerance = max_intensity_change * abs(object_level - (grey[ring].mean() if ring.any() else object_level))
+        found = dict(propagate_slices(self, slices.__getitem__, len(slices), start_slice, mask,
+                                      display_range=display_range, progress=progress, cancel=cancel, **options))
         result = np.zeros(slices.shape[:3], dtype=bool)
-        result[start_slice] = start_mask
-        steps = Progress(len(slices) - 1, "Propagating mask", progress=progress, cancel=cancel)
-        for direction in (1, -1):
-            previous, index = start_mask, start_slice + direction
-            while 0 <= index < len(slices):
-                self.set_image(slices[index], display_range=display_range)
-                predicted = self.predict(box=_grown_box(previous, margin))
-                if predicted.sum() < min_area:
-                    break
-                level = to_uint8_rgb(slices[index], display_range).mean(axis=2)[predicted].mean()
-                if tolerance and abs(level - object_level) > tolerance:
-                    break
-                result[index] = previous = predicted
-                index += direction
-                steps.step()
+        result[start_slice] = mask  # checked by propagate_slices
+        for index, predicted in found.items():
+            result[index] = predicted
         return np.moveaxis(result, 0, axis)
 
 

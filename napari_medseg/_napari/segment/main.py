@@ -7,8 +7,8 @@ from qtpy.QtWidgets import QFileDialog
 
 from ...errors import PromptError
 from ..layers import META_KEY, labels_layer_kwargs
-from .controls import Edit, SegmentControls, revert_model_edit, write_model_edit, writable
-from .widget_gui import linkify
+from .controls import NEW_LABELS, Edit, SegmentControls, revert_model_edit, write_model_edit, writable
+from .widget_gui import DIRECTIONS, linkify
 
 
 class SegmentWidget(SegmentControls):
@@ -25,6 +25,7 @@ class SegmentWidget(SegmentControls):
         self._refresh_layers()
         self._model_changed()
         self._find_devices()
+        self._start_recovery()
 
     def _find_devices(self) -> None:
         """List CUDA/MPS devices without blocking the viewer (importing torch takes seconds)."""
@@ -40,6 +41,19 @@ class SegmentWidget(SegmentControls):
         worker = create_worker(available_devices)
         worker.returned.connect(add)
         worker.start()
+
+    def _start_recovery(self) -> None:
+        """Recovery copies of the labels this widget writes; copies left for open images are offered back."""
+        from ..recovery import Recovery
+
+        self.recovery = Recovery(self.viewer)
+        for layer in self._image_layers():
+            self.recovery.offer(layer)
+        self.viewer.layers.events.inserted.connect(self._offer_recovery)
+
+    def _offer_recovery(self, event) -> None:
+        self.recovery.offer(event.value)
+
 
 
     @property
@@ -64,7 +78,8 @@ class SegmentWidget(SegmentControls):
         reason = "" if status.state in (INSTALLED, BUNDLED) else f"{card.name}: weights {status.state}. Install them first."
         for button, tip in ((self.segment_button, "Segment the prompts on this slice (S)"),
                             (self.box_button, "Draw a box; the mask follows (B)"),
-                            (self.propagate_button, "Carry the last mask through the volume's slices"),
+                            (self.propagate_button, "From the displayed slice: the selected label's mask there (a "
+                                                    "model mask or your correction) is carried on until the object ends"),
                             (self.automatic_button, "Segment with the automatic model")):
             button.setEnabled(not reason)
             button.setToolTip(reason or tip)
@@ -72,6 +87,7 @@ class SegmentWidget(SegmentControls):
         for widget in (self.box_button, self.auto_check, self.segment_button):
             widget.setVisible(prompt_model)
         self.propagate_button.setVisible(card.task == "box2d")
+        self.direction_combo.setVisible(card.task == "box2d")
         self.report_box.setVisible(card.task == "text2d")
         self.tokenizer_button.setVisible(card.task == "text2d")
         for widget in (self.pos_button, self.neg_button):
@@ -99,8 +115,10 @@ class SegmentWidget(SegmentControls):
         def job(progress, cancel):
             from ...inference.planes import take_plane
 
-            predictor = self._predictor(card, device)
+            predictor = self._predictor(card, device, progress)
             plane = take_plane(image, axis, index, limits)
+            progress(0, 0, "Embedding the image" if axis is None else
+                     f"Embedding slice {index} of {image.spatial_shape[axis]}")
             predictor.set_image(plane.pixels)
             mask = predictor.predict(
                 box=plane.box_to_pixels(box) if box else None,
@@ -133,14 +151,17 @@ class SegmentWidget(SegmentControls):
         self.runner.run(job, lambda mask: self._write_mask(image_layer, image, axis, index, mask, prompt),
                         "Reading the report and segmenting")
 
-    def _predictor(self, card, device):
+    def _predictor(self, card, device, progress=None):
         from ...inference.box2d import BoxPredictor
+        from ...inference.embedding_cache import default_store
         from ...models.load import load_model
 
         key = (card.id, device)
         if key not in self._predictors:
+            if progress is not None:
+                progress(0, 0, f"Loading {card.name}")
             loaded = load_model(card.id, device=device)
-            self._predictors = {key: BoxPredictor(loaded, device=loaded.info.get("device"))}
+            self._predictors = {key: BoxPredictor(loaded, device=loaded.info.get("device"), store=default_store())}
         return self._predictors[key]
 
     def _write_mask(self, image_layer, image, axis, index, mask, prompt=None) -> None:
@@ -156,6 +177,7 @@ class SegmentWidget(SegmentControls):
         if edit is None:
             return self._notify("info", "The mask lies inside other objects; tick \"Overwrite other objects\" to replace them.")
         self._edits.append(edit)
+        self.recovery.watch(labels, image_layer)
         labels.selected_label = value
         if prompt is not None:  # kept with the labels: the annotation store and training read them
             import time
@@ -171,36 +193,84 @@ class SegmentWidget(SegmentControls):
 
     # ---- 3-D propagation --------------------------------------------------------------------
     def propagate(self) -> None:
-        from ...inference.planes import resample_mask, take_plane
-
-        edit = self._edits[-1] if self._edits else None
-        if edit is None or edit.plane is None:
-            return self._notify("warning", "Segment an object on one slice of a volume first, then propagate it.")
-        (axis, index), labels, value = edit.plane, edit.layer, edit.value
+        """Carry the selected label's mask on the displayed slice through the volume (any slice, any time)."""
+        try:
+            image_layer = self.image_layer()
+            labels, axis, index, value = self._propagation_start(image_layer)
+        except PromptError as exc:
+            return self._notify("warning", str(exc))
         start_mask = np.take(np.asarray(labels.data), index, axis=axis) == value
         overwrite = self.overwrite_check.isChecked()
-        image_layer = self.image_layer()
+        directions = DIRECTIONS[self.direction_combo.currentText()]
         image = self._image(image_layer)
         limits = tuple(image_layer.contrast_limits)
         card, device = self.card, self.device_combo.currentText()
 
         def job(progress, cancel):
-            predictor = self._predictor(card, device)
-            planes = [take_plane(image, axis, i, limits) for i in range(image.spatial_shape[axis])]
-            seed = resample_mask(start_mask, planes[index].pixels.shape[:2])
-            masks = predictor.propagate(np.stack([p.pixels for p in planes]), index, seed,
-                                        progress=progress, cancel=cancel)
-            return np.stack([p.mask_to_plane(m) for p, m in zip(planes, masks)])
+            from ...errors import Cancelled
+            from ...inference.planes import resample_mask, take_plane
+            from ...inference.propagation import propagate_slices
 
-        def done(masks):
-            moved = np.moveaxis(masks, 0, axis)
-            indices = np.nonzero(moved & writable(np.asarray(labels.data), value, overwrite))
-            edit = write_model_edit(labels, indices, value, value=value)
+            predictor = self._predictor(card, device, progress)
+            planes = {}
+
+            def slice_at(i):
+                planes.clear()  # only the slice being worked on is kept
+                planes[i] = take_plane(image, axis, i, limits)
+                return planes[i].pixels
+
+            seed = resample_mask(start_mask, take_plane(image, axis, index, limits).pixels.shape[:2])
+            found, cancelled = {}, False
+            try:
+                for i, mask in propagate_slices(predictor, slice_at, image.spatial_shape[axis], index, seed,
+                                                directions=directions, progress=progress, cancel=cancel):
+                    found[i] = planes[i].mask_to_plane(mask)
+            except Cancelled:
+                cancelled = True
+            return found, cancelled
+
+        def done(result):
+            found, cancelled = result
+            edit = self._write_propagation(labels, axis, value, found, overwrite)
             if edit is not None:
                 self._edits.append(edit)
-            self._notify("info", f"Propagated label {value} through {int(masks.reshape(len(masks), -1).any(1).sum())} slices")
+                self.recovery.watch(labels, image_layer)
+            kept = " (cancelled; the slices done so far are kept)" if cancelled else ""
+            self._notify("info", f"Propagated label {value} through {len(found)} slices{kept}")
 
-        self.runner.run(job, done, "Propagating")
+        self.runner.run(job, done, f"Propagating label {value} from slice {index}")
+
+    def _propagation_start(self, image_layer):
+        """(labels layer, axis, displayed slice, label value) to propagate from, or PromptError."""
+        axis, index = self._plane_position(image_layer)
+        if axis is None:
+            raise PromptError("Propagation needs a volume; this image is 2-D")
+        name = self.labels_combo.currentText()
+        labels = self.viewer.layers[name] if name != NEW_LABELS and name in self.viewer.layers else (
+            self._edits[-1].layer if self._edits else None)
+        if labels is None:
+            raise PromptError("Segment an object on one slice of a volume first, then propagate it.")
+        value = int(labels.selected_label)
+        if not (np.take(np.asarray(labels.data), index, axis=axis) == value).any():
+            raise PromptError(f"Label {value} has no voxels on slice {index}: segment or paint the object here, "
+                              "or select its label, then propagate")
+        return labels, axis, index, value
+
+    @staticmethod
+    def _write_propagation(labels, axis, value, found, overwrite):
+        """One undo step: on each slice reached, the object's voxels become the new mask's."""
+        parts, values = [], []
+        for i, mask in found.items():
+            current = np.take(np.asarray(labels.data), i, axis=axis)
+            new = mask & writable(current, value, overwrite)
+            for where, v in ((new, value), ((current == value) & ~mask, 0)):
+                in_plane = np.nonzero(where)
+                parts.append((*in_plane[:axis], np.full_like(in_plane[0], i), *in_plane[axis:]))
+                values.append(np.full(len(in_plane[0]), v))
+        if not parts:
+            return None
+        indices = tuple(np.concatenate(column) for column in zip(*parts))
+        return write_model_edit(labels, indices, np.concatenate(values), value=value)
 
     # ---- automatic models -------------------------------------------------------------------
     def run_automatic(self) -> None:
@@ -250,6 +320,7 @@ class SegmentWidget(SegmentControls):
         edit = write_model_edit(layer, indices, labels_array[changed])
         if edit is not None:
             self._edits.append(edit)
+            self.recovery.watch(layer, image_layer)
         classes = classes or {int(v): str(v) for v in np.unique(labels_array)}
         values = sorted(classes)
         layer.features = pd.DataFrame({"index": values, "name": [classes[v] for v in values]})

@@ -11,6 +11,8 @@ from ..docks import collapsible, narrow_combos, refit_view_on_show, scroll_body
 from ..runner import TaskRunner
 from .object_list import ObjectListView
 
+DIRECTIONS = {"both directions": (1, -1), "higher slices": (1,), "lower slices": (-1,)}
+
 
 def linkify(text: str) -> str:
     """Plain text as rich text whose web addresses are links."""
@@ -66,6 +68,8 @@ class SegmentGUI(QWidget):
         self.auto_check.setChecked(True)
         self.segment_button = QPushButton("Segment")
         self.propagate_button = QPushButton("Propagate through slices")
+        self.direction_combo = QComboBox()
+        self.direction_combo.addItems(list(DIRECTIONS))
         from ..report_box import ReportBox
 
         self.report_box = ReportBox()
@@ -86,7 +90,10 @@ class SegmentGUI(QWidget):
         grid.addWidget(self.tokenizer_button)
         grid.addWidget(self.auto_check)
         grid.addWidget(self.segment_button)
-        grid.addWidget(self.propagate_button)
+        propagate_row = QHBoxLayout()
+        propagate_row.addWidget(self.propagate_button, 1)
+        propagate_row.addWidget(self.direction_combo)
+        grid.addLayout(propagate_row)
         auto_row = QHBoxLayout()
         auto_row.addWidget(self.automatic_button, 1)
         auto_row.addWidget(self.scope_combo)
