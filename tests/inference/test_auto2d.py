@@ -63,7 +63,7 @@ def test_volume_matches_pixelwise_prediction(mirror, batch_size):
     data, box = volume_with_border((3, 61, 45))  # 61 x 45 slices: several overlapping 32 x 32 tiles
     loaded = pixelwise_model(1, nnunet_preprocessing(["MR"]))
     image = Image(data[0], (1.0, 1.0, 2.5), (0, 0, 0), np.eye(3), modality="MR")
-    labels = predict_auto2d(loaded, image, device="cpu", mirror=mirror, batch_size=batch_size)
+    labels = predict_auto2d(loaded, image, device="cpu", mirroring=mirror, batch_size=batch_size)
     assert labels.shape == image.spatial_shape and labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, expected_pixelwise(loaded, data, box))
 
