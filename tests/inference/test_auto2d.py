@@ -68,6 +68,31 @@ def test_volume_matches_pixelwise_prediction(mirror, batch_size):
     np.testing.assert_array_equal(labels, expected_pixelwise(loaded, data, box))
 
 
+@pytest.mark.parametrize("mirroring, axes, passes", [(None, (0, 1), 4), (False, (0, 1), 1), (None, (1,), 2),
+                                                      (None, None, 1)])
+def test_nnunet_mirrors_over_the_checkpoint_axes_by_default(mirroring, axes, passes):
+    """As nnUNetPredictor: every flip of inference_allowed_mirroring_axes unless turned off (the fast choice)."""
+    data, _ = volume_with_border((1, 20, 20))
+    loaded = pixelwise_model(1, nnunet_preprocessing(["MR"], mirror=axes))
+    calls = []
+    loaded.network.register_forward_hook(lambda *a: calls.append(1))
+    predict_auto2d(loaded, Image(data[0], (1.0, 1.0, 1.0), (0, 0, 0), np.eye(3)), device="cpu", mirroring=mirroring)
+    assert len(calls) == passes  # one 32 x 32 tile
+
+
+def test_segment_passes_device_and_mirroring_on(monkeypatch):
+    from napari_medseg import segmentation
+
+    seen = {}
+    monkeypatch.setattr(auto2d, "predict_auto2d", lambda loaded, image, **kwargs: seen.update(kwargs) or 0)
+    loaded = pixelwise_model(1, nnunet_preprocessing(["MR"]))
+    segmentation.segment(np.ones((8, 8), np.float32), loaded, device="cpu", mirroring=False)
+    assert seen["device"] == "cpu" and seen["mirroring"] is False
+    loaded.info["device"] = "cpu"  # where load_model put it
+    segmentation.segment(np.ones((8, 8), np.float32), loaded)
+    assert seen["device"] == "cpu" and seen["mirroring"] is None
+
+
 def test_rgb_image_smaller_than_the_patch():
     data, box = volume_with_border((1, 20, 25), channels=3)
     rgb = np.moveaxis(data[:, 0], 0, -1)
