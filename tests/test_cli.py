@@ -56,3 +56,15 @@ def test_missing_weights_names_the_install_command(tmp_path, capsys):
 def test_user_errors_exit_2(argv, capsys):
     assert main(argv) == 2
     assert "medseg: error:" in capsys.readouterr().err
+
+
+def test_segment_no_mirroring_is_passed_to_segment():
+    import argparse
+
+    from napari_medseg.cli_commands import segment as segment_command
+
+    parser = argparse.ArgumentParser()
+    segment_command.add_arguments(parser)
+    fast = segment_command._prompt_kwargs(parser.parse_args(["scan.nii.gz", "-o", "out", "--no-mirroring"]))
+    faithful = segment_command._prompt_kwargs(parser.parse_args(["scan.nii.gz", "-o", "out"]))
+    assert fast["mirroring"] is False and faithful["mirroring"] is None
