@@ -102,6 +102,7 @@ def segment(
     propagate: bool = False,
     window: tuple[float, float] | None = None,
     structures: Sequence[int | str] | None = None,
+    mirroring: bool | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> np.ndarray:
@@ -111,6 +112,9 @@ def segment(
     the first axis) for volumes; points are ``(x, y[, z])`` with ``point_labels`` 1 (object) or 0
     (background). The result has ``image``'s spatial shape; prompted objects get value ``label``.
     ``structures`` keeps only those classes (names or label values) of automatic 3D models.
+    ``mirroring`` (automatic 2-D models): None averages over the test-time flips the model's own predictor
+    makes (nnU-Net's by default); False is the fast choice without them.
+    ``device`` also runs a given `LoadedModel` there (default: where it was loaded).
     """
     from .models.load import load_model
     from .models.loaded import LoadedModel
@@ -124,16 +128,17 @@ def segment(
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights=weights, device=device)
     if img.ndim not in (2, 3):
         raise MedsegError(f"{img.ndim}-D images are not supported")
+    run_on = device if device not in (None, "", "auto") else loaded.info.get("device")
     if loaded.task == "box2d":
         return _segment_box(img, loaded, box, points, point_labels, label, propagate, window, progress, cancel)
     if loaded.task == "auto2d":
         from .inference.auto2d import predict_auto2d
 
-        return predict_auto2d(loaded, img, progress=progress, cancel=cancel)
+        return predict_auto2d(loaded, img, device=run_on, mirroring=mirroring, progress=progress, cancel=cancel)
     if loaded.task == "auto3d":
         from .inference.auto3d import predict_auto3d
 
-        return predict_auto3d(loaded, img, structures=structures, progress=progress, cancel=cancel)
+        return predict_auto3d(loaded, img, device=run_on, structures=structures, progress=progress, cancel=cancel)
     if loaded.task == "text2d":
         from .inference.text2d import predict_text2d
 

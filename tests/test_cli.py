@@ -298,3 +298,15 @@ def test_evaluate_tables_are_replaced_atomically(images, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert "No space left on device" in err[-1] and "Traceback" not in "".join(err)
     assert table.read_text() == "old" and sorted(p.name for p in images.glob("*metrics*")) == ["metrics.json"]
+
+
+def test_segment_no_mirroring_is_passed_to_segment():
+    import argparse
+
+    from napari_medseg.cli_commands import segment as segment_command
+
+    parser = argparse.ArgumentParser()
+    segment_command.add_arguments(parser)
+    fast = segment_command._prompt_kwargs(parser.parse_args(["scan.nii.gz", "-o", "out", "--no-mirroring"]))
+    faithful = segment_command._prompt_kwargs(parser.parse_args(["scan.nii.gz", "-o", "out"]))
+    assert fast["mirroring"] is False and faithful["mirroring"] is None

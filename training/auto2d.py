@@ -142,7 +142,8 @@ class SliceAdapter(Adapter):
 
         pairs = []
         for case in self.val_cases:
-            predicted = predict_auto2d(self.loaded, case.image, device=self.device, slices=self.validation_slices(case))
+            predicted = predict_auto2d(self.loaded, case.image, device=self.device, slices=self.validation_slices(case),
+                                       mirroring=False)  # as nnU-Net's per-epoch validation
             pairs.append((predicted, self.lookup[case.labels], reviewed_voxels(case)))
         return class_dice(pairs, self.classes)
 
@@ -267,7 +268,9 @@ class NnUNetAdapter(DeepSupervisionModes, SliceAdapter):
         self.loaded.network, self.loaded.classes = network, classes
 
     def prepare_case(self, case: Case) -> PreparedSlices:
-        from napari_medseg.inference.auto2d import channels_first, crop_to_nonzero, normalize, resize_plane
+        from napari_medseg.inference.auto2d import channels_first, crop_to_nonzero, normalize
+        from napari_medseg.inference.nnunet_resampling import Resampling, new_shape
+        from skimage.transform import resize
 
         pre = self.loaded.preprocessing
         data = channels_first(case.image, len(pre["channels"]), pre["channels"])
@@ -285,10 +288,13 @@ class NnUNetAdapter(DeepSupervisionModes, SliceAdapter):
         else:
             mask = None
         normalize(data, mask, pre["normalization"])
-        shape = [int(round(s / t * n)) for s, t, n in zip(spacing[1:], pre["spacing"], data.shape[2:])]
+        target = [spacing[0], *pre["spacing"]]
+        resampling = Resampling.from_spec(pre["resampling_data"], data.shape[2:],
+                                          new_shape(data.shape[1:], spacing, target)[1:], spacing, target)
+        shape, bounds = resampling.out_shape, resampling.bounds(data)  # the network's input, as at inference
         keep = np.flatnonzero(valid.reshape(len(valid), -1).any(axis=1))
-        planes = np.stack([np.stack([resize_plane(c[z], shape, pre["data_order"]) for c in data], -1) for z in keep])
-        nearest = lambda a, z: resize_plane(a[z].astype(np.float32), shape, 0)  # noqa: E731
+        planes = np.stack([np.moveaxis(resampling(data[:, z], bounds), 0, -1) for z in keep])
+        nearest = lambda a, z: resize(a[z].astype(np.float64), shape, 0, mode="edge", anti_aliasing=False)  # noqa: E731
         return PreparedSlices(planes.astype(np.float32), np.stack([nearest(labels, z) for z in keep]).astype(np.int64),
                               np.stack([nearest(valid, z) for z in keep]) > 0.5)
 

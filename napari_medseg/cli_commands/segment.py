@@ -36,6 +36,9 @@ def add_arguments(parser) -> None:
                         "name, e.g. .dcm is DICOM-SEG, .seg.nrrd 3D Slicer; for folders the input's, nii.gz for DICOM)")
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     parser.add_argument("--manifest", help="run manifest JSON (default: OUTPUT_FOLDER/medseg_run.json)")
+    parser.add_argument("--no-mirroring", action="store_true",
+                        help="fast: skip the test-time flips of automatic 2-D models (nnU-Net mirrors by default; "
+                        "a quarter of the work, labels may differ)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     parser.add_argument("--devices", help="split the cases over these devices, one process each: CUDA indices "
                         "(0,1) or device names (cuda:0,cpu)")
@@ -51,6 +54,7 @@ def _prompt_kwargs(args) -> dict:
         "propagate": args.propagate,
         "structures": [int(s) if s.strip().isdigit() else s.strip() for s in args.structures.split(",")]
         if args.structures else None,
+        "mirroring": False if args.no_mirroring else None,
     }
 
 

@@ -1,9 +1,10 @@
 """Automatic 2-D segmentation: an image (2-D, RGB or a volume sliced along its first axis) -> label map.
 
 nnU-Net models (Swin-UMamba, Swin-UMamba†) are run exactly as ``nnUNetPredictor`` runs them: transpose,
-crop to the non-zero region, the plans' per-channel normalisation, in-plane resampling (order 3) to the
-plans' spacing, Gaussian-weighted sliding windows with 50 % overlap, optional mirroring, logits
-resampled back (order 1), softmax/arg-max or region sigmoids, un-crop and un-transpose. VM-UNet and LVM-Med
+crop to the non-zero region, the plans' per-channel normalisation, the plans' resampling to their spacing
+(``nnunet_resampling``: separate z, order, clipping), Gaussian-weighted sliding windows with 50 % overlap,
+mirroring over the checkpoint's allowed axes, logits resampled back as the plans say, softmax/arg-max or
+region sigmoids, un-crop and un-transpose; on CUDA under float16 autocast, as nnUNetPredictor. VM-UNet and LVM-Med
 U-Net models use their authors' pre-processing (``models.vm_unet``, ``models.lvm_med_unet``), slice by
 slice. Tiles or slices are batched.
 """
@@ -22,25 +23,31 @@ from ..progress import Progress
 DEFAULT_BATCH = {"cpu": 1, "cuda": 8}  # 8 x 512^2 tiles: ~4 GB on a GPU
 
 
-def predict_auto2d(loaded: LoadedModel, image: Image, *, device=None, mirror: bool = False,
+def predict_auto2d(loaded: LoadedModel, image: Image, *, device=None, mirroring: bool | None = None,
                    batch_size: int | None = None, progress=None, cancel=None, slices=None, dtype=None) -> np.ndarray:
     """The label map of ``image`` (shape ``image.spatial_shape``, uint8 or uint16).
 
     ``slices`` limits a volume to these indices along the axis the model slides over (the other slices
-    stay 0). ``mirror`` averages over the flips the model allows. ``device`` defaults to CUDA when present.
-    ``dtype``: the GPU's autocast type (default ``precision.default_dtype``: bfloat16 where native).
+    stay 0). ``mirroring``: average over test-time flips. None (the faithful default) flips as the
+    model's own predictor does: nnU-Net models over their checkpoint's ``inference_allowed_mirroring_axes``,
+    VM-UNet and LVM-Med not at all; False is the fast choice (a quarter of nnU-Net's work), True flips
+    every model. ``device`` (a name, "auto" or None: CUDA when present). ``dtype``: the GPU's autocast
+    type (default: float16 for nnU-Net models, as nnUNetPredictor, else ``precision.default_dtype``).
     """
-    import torch
+    from ..device import resolve_device
 
     if loaded.task != "auto2d":
         raise MedsegError(f"{loaded.family} is a {loaded.task} model, not an automatic 2-D model")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(str(device) if device is not None else None)
     loaded.to(device)
     batch_size = batch_size or DEFAULT_BATCH.get(device.type, 1)
     scheme = loaded.preprocessing.get("scheme")
+    if scheme == "nnunet" and dtype is None and device.type == "cuda":
+        dtype = "float16"  # nnUNetPredictor's torch.autocast("cuda"); precision.Precision guards overflows
     runner = _Runner(loaded.network, device, batch_size, dtype)
     if scheme == "nnunet":
-        return _predict_nnunet(loaded, image, runner, mirror, slices, progress, cancel)
+        return _predict_nnunet(loaded, image, runner, mirroring is not False, slices, progress, cancel)
+    mirror = bool(mirroring)
     if scheme in ("vm_unet_isic", "vm_unet_synapse"):
         return _predict_vm_unet(loaded, image, runner, mirror, slices, progress, cancel)
     if loaded.preprocessing.get("profile") == "lvm_med":
@@ -76,15 +83,6 @@ def _slice_indices(slices, count: int) -> list[int]:
     if bad:
         raise MedsegError(f"Slice {bad[0]} is outside the image (0..{count - 1})")
     return indices
-
-
-def resize_plane(plane: np.ndarray, shape, order: int) -> np.ndarray:
-    """skimage resize as nnU-Net calls it (edge mode, no anti-aliasing), float64 in, float64 out."""
-    if tuple(plane.shape) == tuple(shape):
-        return plane.astype(np.float64, copy=False)
-    from skimage.transform import resize
-
-    return resize(plane.astype(np.float64, copy=False), tuple(shape), order=order, mode="edge", anti_aliasing=False)
 
 
 class _Runner:
@@ -196,6 +194,8 @@ def normalize(data: np.ndarray, mask: np.ndarray, schemes: list[dict]) -> np.nda
 def _predict_nnunet(loaded, image, runner, mirror, slices, progress, cancel) -> np.ndarray:
     import torch
 
+    from .nnunet_resampling import Resampling, new_shape
+
     pre = loaded.preprocessing
     data = channels_first(image, len(pre["channels"]), pre["channels"])
     spacing = list(image.spacing[::-1])  # numpy order
@@ -210,22 +210,46 @@ def _predict_nnunet(loaded, image, runner, mirror, slices, progress, cancel) -> 
     cropped = data.shape[1:]
     indices = _slice_indices(slices, full_shape[0])
     wanted = [i - box[0].start for i in indices if box[0].start <= i < box[0].stop] if box else indices
-    plane_shape = [int(round(s / t * n)) for s, t, n in zip(spacing[1:], pre["spacing"], cropped[1:])]
+    target = [spacing[0], *pre["spacing"]]  # a 2-D configuration keeps the slices' spacing
+    to_plans = Resampling.from_spec(pre["resampling_data"], cropped[1:], new_shape(cropped, spacing, target)[1:],
+                                    spacing, target)
+    plane_shape = list(to_plans.out_shape)
+    back = Resampling.from_spec(pre["resampling_probabilities"], plane_shape, cropped[1:], target, spacing)
+    if back.out_shape != tuple(cropped[1:]):
+        raise MedsegError("The plans resample the data but not the probabilities back (no_resampling_hack)")
+    prepare = _plane_preparation(data, to_plans)
     labels = np.zeros(full_shape, np.uint8 if max(loaded.classes, default=0) < 256 else np.uint16)
-    target = labels[box] if box else labels
+    into = labels[box] if box else labels
     label_type = torch.uint8 if labels.dtype == np.uint8 else torch.int32
     pending = []  # label planes stay on the runner's device until the end: no per-slice synchronisation
-    for n, plane_logits in _sliding_window(runner, data, wanted, plane_shape, pre, mirror, progress, cancel):
-        if tuple(plane_logits.shape[1:]) != tuple(cropped[1:]):  # back from the plans' spacing
-            back = np.stack([resize_plane(k, cropped[1:], pre["probabilities_order"]) for k in plane_logits.cpu().numpy()])
-            plane_logits = torch.from_numpy(back)
+    held = {}  # logits kept until all are known, where clipping them back needs every plane's range
+    for n, plane_logits in _sliding_window(runner, prepare, wanted, plane_shape, pre, mirror, progress, cancel):
+        if back.clips_across_planes:
+            held[n] = plane_logits.cpu().numpy()
+            continue
+        if back.changes:
+            plane_logits = torch.from_numpy(back(plane_logits.cpu().numpy()))
         pending.append((wanted[n], _to_labels(plane_logits, pre).to(label_type)))
+    if held:
+        bounds = back.bounds(np.stack([held[n] for n in sorted(held)], axis=1))  # over the predicted planes
+        pending = [(wanted[n], _to_labels(torch.from_numpy(back(held[n], bounds)), pre).to(label_type))
+                   for n in sorted(held)]
     if pending:
         planes = torch.stack([plane for _, plane in pending]).cpu().numpy()
         for (index, _), plane in zip(pending, planes):
-            target[index] = plane
+            into[index] = plane
     labels = labels.transpose(pre["transpose_backward"])
     return labels[0] if image.ndim == 2 else labels
+
+
+def _plane_preparation(data: np.ndarray, resampling):
+    """index -> that slice of the normalised, cropped (C, D, H, W) data at the plans' spacing, float32."""
+    bounds = resampling.bounds(data)  # clipping ranges spanning planes: from the whole volume, as nnU-Net
+
+    def prepare(index: int) -> np.ndarray:
+        return resampling(data[:, index], bounds).astype(np.float32, copy=False)
+
+    return prepare
 
 
 def _to_labels(logits: "torch.Tensor", pre: dict) -> "torch.Tensor":
@@ -241,8 +265,8 @@ def _to_labels(logits: "torch.Tensor", pre: dict) -> "torch.Tensor":
     return labels
 
 
-def _sliding_window(runner, data, wanted, plane_shape, pre, mirror, progress, cancel):
-    """Yield (n, logits (K, *plane_shape)) for each wanted slice of the normalised, cropped data, in order.
+def _sliding_window(runner, prepare, wanted, plane_shape, pre, mirror, progress, cancel):
+    """Yield (n, logits (K, *plane_shape)) for each wanted slice (``prepare(index)``: its input), in order.
 
     The Gaussian-weighted sums stay on the runner's device (a GPU averages and argmaxes its own output).
     """
@@ -266,7 +290,7 @@ def _sliding_window(runner, data, wanted, plane_shape, pre, mirror, progress, ca
         tiles = []
         for n, (y, x) in batch:
             if n not in planes:
-                planes[n] = _padded_plane(data, wanted[n], plane_shape, padded, before, pre["data_order"])
+                planes[n] = _padded_plane(prepare, wanted[n], plane_shape, padded, before)
             tiles.append(planes[n][:, y:y + tile[0], x:x + tile[1]])
         for (n, (y, x)), out in zip(batch, runner.logits(np.stack(tiles), mirror_axes)):
             if n not in sums:
@@ -279,10 +303,9 @@ def _sliding_window(runner, data, wanted, plane_shape, pre, mirror, progress, ca
             yield n, (sums.pop(n) / counts)[crop]
 
 
-def _padded_plane(data, index, plane_shape, padded, before, order) -> np.ndarray:
+def _padded_plane(prepare, index, plane_shape, padded, before) -> np.ndarray:
     """One slice of all channels, resampled to the plans' spacing and zero-padded to at least the tile."""
-    same = tuple(data.shape[2:]) == tuple(plane_shape)  # already at the plans' spacing: no float64 round trip
-    plane = np.stack([channel[index] if same else resize_plane(channel[index], plane_shape, order) for channel in data])
+    plane = prepare(index)
     out = np.zeros((plane.shape[0], *padded), np.float32)
     out[(slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, plane_shape))] = plane
     return out

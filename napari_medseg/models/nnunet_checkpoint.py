@@ -98,8 +98,8 @@ class NnUNetCheckpoint:
                 entry.update(mean=float(stats["mean"]), std=float(stats["std"]),
                              lower=float(stats["percentile_00_5"]), upper=float(stats["percentile_99_5"]))
             normalization.append(entry)
-        data_kwargs = cfg.get("resampling_fn_data_kwargs") or {}
-        probability_kwargs = cfg.get("resampling_fn_probabilities_kwargs") or {}
+        from ..inference.nnunet_resampling import resampling_spec
+
         labels = self.labels
         ndim = len(cfg["patch_size"])
         return {
@@ -114,8 +114,8 @@ class NnUNetCheckpoint:
             "mirror_axes": [a for a in self.mirror_axes if a < ndim],
             "tile_step_size": 0.5,
             "crop_to_nonzero": True,
-            "data_order": int(data_kwargs.get("order", 3)),
-            "probabilities_order": int(probability_kwargs.get("order", 1)),
+            "resampling_data": resampling_spec(cfg, "data"),
+            "resampling_probabilities": resampling_spec(cfg, "probabilities"),
             "output": "sigmoid" if labels.regions else "softmax",
             "regions_class_order": labels.regions_class_order,
             "rgb": self.plans.get("image_reader_writer") == "NaturalImage2DIO" and len(channels) == 3,

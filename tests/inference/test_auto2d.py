@@ -63,9 +63,34 @@ def test_volume_matches_pixelwise_prediction(mirror, batch_size):
     data, box = volume_with_border((3, 61, 45))  # 61 x 45 slices: several overlapping 32 x 32 tiles
     loaded = pixelwise_model(1, nnunet_preprocessing(["MR"]))
     image = Image(data[0], (1.0, 1.0, 2.5), (0, 0, 0), np.eye(3), modality="MR")
-    labels = predict_auto2d(loaded, image, device="cpu", mirror=mirror, batch_size=batch_size)
+    labels = predict_auto2d(loaded, image, device="cpu", mirroring=mirror, batch_size=batch_size)
     assert labels.shape == image.spatial_shape and labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, expected_pixelwise(loaded, data, box))
+
+
+@pytest.mark.parametrize("mirroring, axes, passes", [(None, (0, 1), 4), (False, (0, 1), 1), (None, (1,), 2),
+                                                      (None, None, 1)])
+def test_nnunet_mirrors_over_the_checkpoint_axes_by_default(mirroring, axes, passes):
+    """As nnUNetPredictor: every flip of inference_allowed_mirroring_axes unless turned off (the fast choice)."""
+    data, _ = volume_with_border((1, 20, 20))
+    loaded = pixelwise_model(1, nnunet_preprocessing(["MR"], mirror=axes))
+    calls = []
+    loaded.network.register_forward_hook(lambda *a: calls.append(1))
+    predict_auto2d(loaded, Image(data[0], (1.0, 1.0, 1.0), (0, 0, 0), np.eye(3)), device="cpu", mirroring=mirroring)
+    assert len(calls) == passes  # one 32 x 32 tile
+
+
+def test_segment_passes_device_and_mirroring_on(monkeypatch):
+    from napari_medseg import segmentation
+
+    seen = {}
+    monkeypatch.setattr(auto2d, "predict_auto2d", lambda loaded, image, **kwargs: seen.update(kwargs) or 0)
+    loaded = pixelwise_model(1, nnunet_preprocessing(["MR"]))
+    segmentation.segment(np.ones((8, 8), np.float32), loaded, device="cpu", mirroring=False)
+    assert seen["device"] == "cpu" and seen["mirroring"] is False
+    loaded.info["device"] = "cpu"  # where load_model put it
+    segmentation.segment(np.ones((8, 8), np.float32), loaded)
+    assert seen["device"] == "cpu" and seen["mirroring"] is None
 
 
 def test_rgb_image_smaller_than_the_patch():
@@ -225,3 +250,27 @@ def test_lvm_med_unet_slices_as_its_authors_feed_them():
     two_channels = Image(np.zeros((40, 50, 2), np.float32), (1.0, 1.0), (0, 0), np.eye(2), channel_axis=-1)
     with pytest.raises(MedsegError, match="grey or RGB"):
         predict_auto2d(loaded, two_channels, device="cpu")
+
+
+def test_cubic_probabilities_are_clipped_over_the_volume():
+    """Plans that resample logits back with order 3: nnU-Net resizes each class's logit volume and clips it
+    to that volume's range; the planes are held until all are known."""
+    from skimage.transform import resize
+
+    data, box = volume_with_border((3, 30, 26))
+    pre = nnunet_preprocessing(["MR"], spacing=(0.7, 0.7))
+    pre["resampling_probabilities"] = {"function": "resample_data_or_seg_to_shape",
+                                       "kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}}
+    loaded = pixelwise_model(1, pre)
+    labels = predict_auto2d(loaded, Image(data[0], (1.0, 1.0, 1.0), (0, 0, 0), np.eye(3)), device="cpu",
+                            mirroring=False)
+    inner = data[(slice(None),) + box][0].astype(np.float32)
+    inner = (inner - inner.mean()) / inner.std()
+    shape = [inner.shape[0], *[int(round(n / 0.7)) for n in inner.shape[1:]]]
+    resampled = resize(inner.astype(np.float64), shape, 3, mode="edge", anti_aliasing=False).astype(np.float32)
+    w, b = loaded.network.weight.detach().numpy()[:, 0, 0, 0], loaded.network.bias.detach().numpy()
+    logits = w[:, None, None, None] * resampled + b[:, None, None, None]
+    back = np.stack([resize(k.astype(np.float64), inner.shape, 3, mode="edge", anti_aliasing=False) for k in logits])
+    expected = np.zeros(data.shape[1:], np.uint8)
+    expected[box] = back.argmax(0)
+    assert (labels == expected).mean() > 0.999  # float32 network arithmetic may flip an exact tie

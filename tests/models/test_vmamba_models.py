@@ -250,7 +250,8 @@ def test_plans_parsing():
     pre = checkpoint.preprocessing()
     assert pre["normalization"][0] == {"scheme": "CTNormalization", "use_mask": False, "mean": 100.0, "std": 20.0,
                                        "lower": 10.0, "upper": 200.0}
-    assert pre["output"] == "softmax" and pre["data_order"] == 3 and pre["probabilities_order"] == 1
+    assert pre["output"] == "softmax" and pre["resampling_data"]["kwargs"]["order"] == 3
+    assert pre["resampling_probabilities"]["kwargs"]["order"] == 1
     assert checkpoint.labels.classes == {0: "background", 1: "lesion"}  # "1" as in LLM-Swin-UMamba's dataset.json
     regions = Labels.from_dataset_json({"labels": {"background": 0, "whole tumor": [1, 2, 3], "core": [2, 3],
                                                    "enhancing": 3}, "regions_class_order": [1, 2, 3]})
