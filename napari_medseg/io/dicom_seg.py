@@ -28,13 +28,19 @@ _POSITION_TOLERANCE_MM = 0.01
 
 
 def is_dicom_seg(path: Path) -> bool:
+    return sop_class_of(path) in SEG_SOP_CLASSES
+
+
+def sop_class_of(path: Path) -> str:
+    """The file's SOPClassUID; "" for files that are not DICOM or whose element is damaged (the image
+    readers then say what is wrong)."""
     import pydicom
 
     try:
         ds = pydicom.dcmread(path, specific_tags=["SOPClassUID"], stop_before_pixels=True, force=True)
-    except Exception:  # not DICOM, or damaged: the image readers say so
-        return False
-    return str(ds.get("SOPClassUID", "")) in SEG_SOP_CLASSES
+        return str(ds.get("SOPClassUID", ""))
+    except Exception:  # pydicom raises many types for damaged files, also when an element is converted
+        return ""
 
 
 def source_files(like: Image) -> list[Path]:

@@ -43,7 +43,8 @@ def check_nifti_data(path: Path, nii, *, full: bool = True) -> int:
     """
     header = nii.header
     voxel_bytes = int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
-    offset = int(header.get_data_offset())
+    # the file's vox_offset (a loaded image's header copy reads 0); extensions lie between header and data
+    offset = int(getattr(nii.dataobj, "offset", header.get_data_offset()))
     if header["magic"] == b"n+1":  # single file: the data follow the 352-byte header (ITK writes vox_offset 0)
         offset = max(offset, 352)
     encoding = "gzip" if path.name.lower().endswith(".gz") else "raw"

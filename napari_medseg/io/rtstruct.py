@@ -24,13 +24,9 @@ _STUDY_COMPONENT = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management (retir
 
 
 def is_rtstruct(path: Path) -> bool:
-    import pydicom
+    from .dicom_seg import sop_class_of
 
-    try:
-        ds = pydicom.dcmread(path, specific_tags=["SOPClassUID"], stop_before_pixels=True, force=True)
-    except Exception:  # not DICOM, or damaged: the image readers say so
-        return False
-    return str(ds.get("SOPClassUID", "")) == RTSTRUCT_SOP_CLASS
+    return sop_class_of(path) == RTSTRUCT_SOP_CLASS
 
 
 _CONTOUR_DATA = 0x30060050

@@ -111,7 +111,7 @@ def test_segment_refuses_dicom_seg_of_non_dicom_before_loading_the_model(tmp_pat
     monkeypatch.setattr(load, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     nifti = make_nifti()
     start = time.perf_counter()
-    assert main(["segment", str(nifti), "-o", str(tmp_path / "seg.dcm"), "--box", "1,1,4,4"]) == 2
+    assert main(["segment", str(nifti), "-o", str(tmp_path / "seg.dcm"), "--box", "1,1,4,4,1"]) == 2
     err = capsys.readouterr().err
     assert "needs labels drawn on a DICOM image" in err and time.perf_counter() - start < 5
     assert not (tmp_path / "seg.dcm").exists()

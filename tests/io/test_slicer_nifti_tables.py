@@ -9,6 +9,7 @@ import pytest
 
 from napari_medseg.errors import ImageWriteError
 from napari_medseg.io import read_image, write_labels
+from napari_medseg.io.formats import sidecar_path
 
 NAMES = {1: "liver", 2: "spleen", 7: "my tumour"}
 COLORS = {7: (200, 10, 30)}
@@ -77,7 +78,7 @@ def test_nifti_label_table_as_totalsegmentator_reads_it(tmp_path, make_nifti):
     np.testing.assert_array_equal(np.asarray(nii.dataobj), labels.T)
     np.testing.assert_allclose(nii.affine, image.affine, atol=1e-5)
 
-    (tmp_path / "case.json").unlink()  # the table alone carries the names
+    sidecar_path(out).unlink()  # the table alone carries the names
     back = read_image(out)
     assert back.metadata["label_names"] == NAMES
     assert back.metadata["label_colors"] == {1: (40, 140, 40), 2: (50, 170, 60), 7: COLORS[7]}

@@ -34,6 +34,7 @@ def _short_writes(monkeypatch, keep=0.5):
     monkeypatch.setattr(sitk, "WriteImage", truncating(sitk.WriteImage))
     monkeypatch.setattr(write_module, "write_png_labels", truncating(write_module.write_png_labels))
     monkeypatch.setattr(write_module, "write_tiff_labels", truncating(write_module.write_tiff_labels))
+    monkeypatch.setattr(write_module, "write_labelled_nifti", truncating(write_module.write_labelled_nifti))
 
 
 @pytest.mark.parametrize("suffix", SUFFIXES)
