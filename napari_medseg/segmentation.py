@@ -42,6 +42,7 @@ def segment(
     propagate: bool = False,
     window: tuple[float, float] | None = None,
     structures: Sequence[int | str] | None = None,
+    precision: str = "faithful",
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> np.ndarray:
@@ -51,34 +52,41 @@ def segment(
     the first axis) for volumes; points are ``(x, y[, z])`` with ``point_labels`` 1 (object) or 0
     (background). The result has ``image``'s spatial shape; prompted objects get value ``label``.
     ``structures`` keeps only those classes (names or label values) of automatic 3D models.
+    ``precision``: "faithful" (default: float32, the authors' results) or "fast" (reduced precision where
+    the hardware has it; can change masks: see the README's precision section).
     """
+    from .inference.precision import precision_policy
     from .models.load import load_model
     from .models.loaded import LoadedModel
 
+    precision = precision_policy(precision)
     img = as_image(image)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights=weights, device=device)
     if img.ndim not in (2, 3):
         raise MedsegError(f"{img.ndim}-D images are not supported")
     if loaded.task == "box2d":
-        return _segment_box(img, loaded, box, points, point_labels, label, propagate, window, progress, cancel)
+        return _segment_box(img, loaded, box, points, point_labels, label, propagate, window, progress, cancel,
+                            precision)
     if loaded.task == "auto2d":
         from .inference.auto2d import predict_auto2d
 
-        return predict_auto2d(loaded, img, progress=progress, cancel=cancel)
+        return predict_auto2d(loaded, img, progress=progress, cancel=cancel, precision=precision)
     if loaded.task == "auto3d":
         from .inference.auto3d import predict_auto3d
 
-        return predict_auto3d(loaded, img, structures=structures, progress=progress, cancel=cancel)
+        return predict_auto3d(loaded, img, structures=structures, progress=progress, cancel=cancel,
+                              precision=precision)
     if loaded.task == "text2d":
         from .inference.text2d import predict_text2d
 
         if box is None:
             raise PromptError("Text-guided models need a box (or click) that places the lesion crop")
-        return predict_text2d(loaded, img, report or "", box=box, window=window, label=label)
+        return predict_text2d(loaded, img, report or "", box=box, window=window, label=label, precision=precision)
     raise MedsegError(f"Unknown task {loaded.task!r}")
 
 
-def _segment_box(img, loaded, box, points, point_labels, label, propagate, window, progress, cancel):
+def _segment_box(img, loaded, box, points, point_labels, label, propagate, window, progress, cancel,
+                 precision="faithful"):
     from .inference.box2d import BoxPredictor
     from .inference.intensity import display_limits
     from .inference.planes import resample_mask, take_plane
@@ -104,7 +112,7 @@ def _segment_box(img, loaded, box, points, point_labels, label, propagate, windo
     axis = 0 if img.ndim == 3 else None
     limits = window or (None if img.is_rgb else display_limits(img.array, img.intensity))
     plane = take_plane(img, axis, z, limits)
-    predictor = BoxPredictor(loaded, device=loaded.info.get("device"))
+    predictor = BoxPredictor(loaded, device=loaded.info.get("device"), precision=precision)
     predictor.set_image(plane.pixels)
     mask = predictor.predict(box=plane.box_to_pixels(box) if box else None,
                              points=plane.points_to_pixels(pts) if pts is not None else None, point_labels=pt_labels)

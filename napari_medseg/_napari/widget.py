@@ -84,6 +84,10 @@ class SegmentWidget(QWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu"])
         self.device_combo.setToolTip("auto: CUDA if available, then MPS, then CPU")
+        self.precision_combo = QComboBox()
+        self.precision_combo.addItems(["faithful", "fast"])
+        self.precision_combo.setToolTip("faithful: float32, the authors' results; fast: reduced precision where the "
+                                        "hardware has it (bfloat16), can change masks")
         self.window_combo = QComboBox()
         self.window_combo.addItems(["(keep)", *CT_WINDOWS])
         self.window_combo.setToolTip("CT window/level preset; prompt models see the image as displayed")
@@ -95,6 +99,7 @@ class SegmentWidget(QWidget):
         form.addRow("", self.model_status)
         form.addRow("", self.install_button)
         form.addRow("Device", self.device_combo)
+        form.addRow("Precision", self.precision_combo)
         form.addRow("CT window", self.window_combo)
 
         self.box_button = QPushButton("Draw box (B)")
@@ -362,15 +367,16 @@ class SegmentWidget(QWidget):
         image = self._image(image_layer)
         limits = tuple(image_layer.contrast_limits)
         card, device = self.card, self.device_combo.currentText()
+        precision = self.precision_combo.currentText()
         prompt = {"model": card.id, "axis": axis, "slice": index, "box": box, "points": points,
                   "point_labels": point_labels}
         if card.task == "text2d":
-            return self._segment_report(image_layer, image, axis, index, box, prompt)
+            return self._segment_report(image_layer, image, axis, index, box, prompt, precision)
 
         def job(progress, cancel):
             from ..inference.planes import take_plane
 
-            predictor = self._predictor(card, device)
+            predictor = self._predictor(card, device, precision)
             plane = take_plane(image, axis, index, limits)
             predictor.set_image(plane.pixels)
             mask = predictor.predict(
@@ -382,7 +388,7 @@ class SegmentWidget(QWidget):
 
         self.runner.run(job, lambda mask: self._write_mask(image_layer, image, axis, index, mask, prompt), "Segmenting")
 
-    def _segment_report(self, image_layer, image, axis, index, box, prompt) -> None:
+    def _segment_report(self, image_layer, image, axis, index, box, prompt, precision="faithful") -> None:
         """Text-guided models: the box places the 256x256 lesion crop, the report steers the decoder."""
         if axis not in (None, 0):
             return self._notify("warning", "Text-guided models work on axial slices; show the first axis' slices")
@@ -398,20 +404,20 @@ class SegmentWidget(QWidget):
 
             options = {"tokenizer": self.tokenizer_folder} if self.tokenizer_folder else {}
             labels = segment(image, load_model(card.id, device=device, **options),
-                             box=(*box, index) if axis == 0 else box, report=report)
+                             box=(*box, index) if axis == 0 else box, report=report, precision=precision)
             return labels[index] > 0 if axis == 0 else labels > 0
 
         self.runner.run(job, lambda mask: self._write_mask(image_layer, image, axis, index, mask, prompt),
                         "Reading the report and segmenting")
 
-    def _predictor(self, card, device):
+    def _predictor(self, card, device, precision="faithful"):
         from ..inference.box2d import BoxPredictor
         from ..models.load import load_model
 
-        key = (card.id, device)
+        key = (card.id, device, precision)
         if key not in self._predictors:
             loaded = load_model(card.id, device=device)
-            self._predictors = {key: BoxPredictor(loaded, device=loaded.info.get("device"))}
+            self._predictors = {key: BoxPredictor(loaded, device=loaded.info.get("device"), precision=precision)}
         return self._predictors[key]
 
     def _write_mask(self, image_layer, image, axis, index, mask, prompt=None) -> None:
@@ -454,9 +460,10 @@ class SegmentWidget(QWidget):
         image = self._image(image_layer)
         limits = tuple(image_layer.contrast_limits)
         card, device = self.card, self.device_combo.currentText()
+        precision = self.precision_combo.currentText()
 
         def job(progress, cancel):
-            predictor = self._predictor(card, device)
+            predictor = self._predictor(card, device, precision)
             planes = [take_plane(image, axis, i, limits) for i in range(image.spatial_shape[axis])]
             seed = resample_mask(start_mask, planes[index].pixels.shape[:2])
             masks = predictor.propagate(np.stack([p.pixels for p in planes]), index, seed,
@@ -482,6 +489,7 @@ class SegmentWidget(QWidget):
             return self._notify("warning", str(exc))
         image = self._image(image_layer)
         card, device = self.card, self.device_combo.currentText()
+        precision = self.precision_combo.currentText()
         if axis is not None and axis != 0:
             return self._notify("warning", "Automatic 2D models run on axial slices; show the first axis' slices")
         target = image if index is None else image.with_array(image.array[index], channel_axis=image.channel_axis)
@@ -493,7 +501,7 @@ class SegmentWidget(QWidget):
             from ..segmentation import segment
 
             loaded = load_model(card.id, device=device)
-            return segment(target, loaded, progress=progress, cancel=cancel), loaded.classes
+            return segment(target, loaded, progress=progress, cancel=cancel, precision=precision), loaded.classes
 
         def done(result):
             labels_array, classes = result

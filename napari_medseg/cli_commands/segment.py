@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..batch import LABEL_FORMATS, CaseResult
 from ..errors import MedsegError, PromptError
+from ..inference.precision import PRECISIONS
 
 
 def _numbers(text: str, name: str) -> list[float]:
@@ -30,6 +31,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--report", help="lesion report for text-guided models")
     parser.add_argument("--tokenizer", help="folder with the text model's tokenizer files (text-guided models)")
     parser.add_argument("--structures", help="comma-separated class names or values to keep (automatic 3D models)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="faithful",
+                        help="faithful (default): float32, the authors' results; fast: reduced precision where the "
+                        "hardware has it (bfloat16), can change masks (see the README's precision section)")
     parser.add_argument("--format", choices=LABEL_FORMATS, help="output format (default: the input's, nii.gz for DICOM)")
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     parser.add_argument("--manifest", help="run manifest JSON (default: OUTPUT_FOLDER/medseg_run.json)")
@@ -46,6 +50,7 @@ def _prompt_kwargs(args) -> dict:
         "point_labels": ([1] * len(args.point) + [0] * len(args.negative_point)) or None,
         "report": args.report,
         "propagate": args.propagate,
+        "precision": args.precision,
         "structures": [int(s) if s.strip().isdigit() else s.strip() for s in args.structures.split(",")]
         if args.structures else None,
     }

@@ -23,18 +23,23 @@ DEFAULT_BATCH = {"cpu": 1, "cuda": 8}  # 8 x 512^2 tiles: ~4 GB on a GPU
 
 
 def predict_auto2d(loaded: LoadedModel, image: Image, *, device=None, mirror: bool = False,
-                   batch_size: int | None = None, progress=None, cancel=None, slices=None, dtype=None) -> np.ndarray:
+                   batch_size: int | None = None, progress=None, cancel=None, slices=None, dtype=None,
+                   precision: str = "faithful") -> np.ndarray:
     """The label map of ``image`` (shape ``image.spatial_shape``, uint8 or uint16).
 
     ``slices`` limits a volume to these indices along the axis the model slides over (the other slices
     stay 0). ``mirror`` averages over the flips the model allows. ``device`` defaults to CUDA when present.
-    ``dtype``: the GPU's autocast type (default ``precision.default_dtype``: bfloat16 where native).
+    ``precision``: "faithful" (default) runs the network in float32, "fast" on GPU under autocast (type
+    ``dtype``, default ``precision.default_dtype``: bfloat16 where native); a given ``dtype`` is used as is.
     """
+    from .precision import policy_dtype
+
     import torch
 
     if loaded.task != "auto2d":
         raise MedsegError(f"{loaded.family} is a {loaded.task} model, not an automatic 2-D model")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = policy_dtype(precision, dtype, device)
     loaded.to(device)
     batch_size = batch_size or DEFAULT_BATCH.get(device.type, 1)
     scheme = loaded.preprocessing.get("scheme")

@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import MedsegError, PromptError
 from ..progress import Progress
 from .intensity import to_uint8
+from .precision import precision_policy
 
 # --------------------------------------------------------------------------- image conversion
 
@@ -250,13 +251,14 @@ def content_hash(image: np.ndarray, display_range=None) -> str:
 class BoxPredictor:
     """Box (and point) prompts on 2-D slices with a loaded SAM-family model.
 
-    ``precision``: "fp32", "bf16" (image encoder under bfloat16 autocast; prompt encoder and decoder
-    stay fp32) or "auto" (bf16 where the hardware computes it natively: CUDA GPUs with bf16, CPUs with
-    AVX512-BF16/AMX; fp32 elsewhere). ``compile`` runs the image encoder and the mask decoding through
+    ``precision``: "faithful" (default: float32, the authors' computation) or "fast" (the image encoder
+    under bfloat16 autocast where the hardware computes it natively: CUDA GPUs with bf16, CPUs with
+    AVX512-BF16/AMX; float32 elsewhere; prompt encoder and decoder stay float32; can change masks, see
+    the README's precision section). The earlier names "fp32" and "bf16" mean "faithful" and "fast". ``compile`` runs the image encoder and the mask decoding through
     ``torch.compile`` (slow first calls). The network is moved to ``device``.
     """
 
-    def __init__(self, loaded, device=None, precision: str = "auto", cache: EmbeddingCache | None = None,
+    def __init__(self, loaded, device=None, precision: str = "faithful", cache: EmbeddingCache | None = None,
                  compile: bool = False):
         import torch
 
@@ -267,11 +269,8 @@ class BoxPredictor:
             raise MedsegError(f"{loaded.family} is not a box-prompted model")
         self.loaded = loaded
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if precision == "auto":
-            precision = "bf16" if native_bf16(self.device) else "fp32"
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', not {precision!r}")
-        self.precision = precision
+        self.precision = precision_policy(precision)
+        self._bf16 = self.precision == "fast" and native_bf16(self.device)
         network = loaded.network.to(self.device).eval()
         encoder = encoder_for_inference(network)
         self._encode = torch.compile(encoder) if compile else encoder
@@ -302,7 +301,7 @@ class BoxPredictor:
 
         with torch.inference_mode():
             x, input_hw = self.profile.encoder_input(rgb)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
                 features = self._encode(x.contiguous(memory_format=torch.channels_last))
         return Embedding(features.float(), tuple(input_hw), tuple(rgb.shape[:2]))
 
