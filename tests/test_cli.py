@@ -56,3 +56,32 @@ def test_missing_weights_names_the_install_command(tmp_path, capsys):
 def test_user_errors_exit_2(argv, capsys):
     assert main(argv) == 2
     assert "medseg: error:" in capsys.readouterr().err
+
+
+def test_precision_is_a_named_choice_passed_to_segment(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    import imageio.v3 as iio
+
+    import napari_medseg.segmentation as segmentation
+
+    png = tmp_path / "grey.png"
+    iio.imwrite(png, np.zeros((16, 16), np.uint8))
+    with pytest.raises(SystemExit) as refused:  # the earlier names are not CLI choices: one usage error, exit 2
+        main(["segment", str(png), "-o", str(tmp_path / "o.png"), "--box", "1,1,8,8", "--precision", "bf16"])
+    assert refused.value.code == 2 and "choose from faithful, fast" in capsys.readouterr().err
+    seen = []
+    monkeypatch.setattr(segmentation, "segment", lambda image, loaded, **kw: seen.append(kw["precision"])
+                        or np.zeros(image.spatial_shape, np.uint8))
+    for extra, expected in (([], "faithful"), (["--precision", "fast"], "fast")):
+        assert main(["segment", str(png), "-o", str(tmp_path / "o.png"), "--box", "1,1,8,8", *extra]) == 0
+        assert seen[-1] == expected
+
+
+def test_train_evaluates_faithfully_unless_asked(tmp_path):
+    from napari_medseg.cli import build_parser
+    from napari_medseg.cli_commands.train import config_from_args
+
+    base = ["train", "--model", "lite-medsam", "--images", str(tmp_path), "--out", str(tmp_path / "run")]
+    for extra, expected in (([], "faithful"), (["--precision", "fast"], "fast")):
+        args = build_parser(base + extra).parse_args(base + extra)
+        assert config_from_args(args)[1].precision == expected
