@@ -62,17 +62,19 @@ def main():
     rows = []
     for precision in ("faithful", "fast"):
         predictor = BoxPredictor(loaded, device="cpu", precision=precision)
-        scores = [score for _, _, score in fidelity_set.fidelity(predictor, loaded.network)]
+        results = fidelity_set.fidelity(predictor, loaded.network)
+        scores = [score for _, _, score in results]
+        worst = ", ".join(f"{box} {score:.3f}" for _, box, score in sorted(results, key=lambda r: r[2])[:3])
         predictor.set_image(images[-1])  # warm-up
         predictor.predict(box=BOX)
         embed = median_ms(lambda i: predictor.set_image(images[i]), args.repeats)
         box = median_ms(lambda i: predictor.predict(box=BOX), args.repeats)
-        rows.append((precision, min(scores), float(np.mean(scores)), len(scores), embed, box))
+        rows.append((precision, min(scores), float(np.mean(scores)), len(scores), embed, box, worst))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average "
           f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}; median of {args.repeats}")
-    print(f"{'precision':10s} {'IoU min':>8s} {'IoU mean':>9s} {'boxes':>6s} {'embedding ms':>13s} {'box ms':>7s}")
-    for precision, low, mean, count, embed, box in rows:
-        print(f"{precision:10s} {low:8.4f} {mean:9.4f} {count:6d} {embed:13.0f} {box:7.1f}")
+    print(f"{'precision':10s} {'IoU min':>8s} {'IoU mean':>9s} {'boxes':>6s} {'embedding ms':>13s} {'box ms':>7s}  worst boxes")
+    for precision, low, mean, count, embed, box, worst in rows:
+        print(f"{precision:10s} {low:8.4f} {mean:9.4f} {count:6d} {embed:13.0f} {box:7.1f}  {worst}")
 
 
 if __name__ == "__main__":
