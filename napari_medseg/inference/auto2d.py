@@ -32,9 +32,9 @@ def predict_auto2d(loaded: LoadedModel, image: Image, *, device=None, mirror: bo
     ``precision``: "faithful" (default) runs the network in float32, "fast" on GPU under autocast (type
     ``dtype``, default ``precision.default_dtype``: bfloat16 where native); a given ``dtype`` is used as is.
     """
-    from .precision import policy_dtype
-
     import torch
+
+    from .precision import policy_dtype
 
     if loaded.task != "auto2d":
         raise MedsegError(f"{loaded.family} is a {loaded.task} model, not an automatic 2-D model")
