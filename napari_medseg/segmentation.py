@@ -103,6 +103,7 @@ def segment(
     window: tuple[float, float] | None = None,
     structures: Sequence[int | str] | None = None,
     mirroring: bool | None = None,
+    precision: str = "faithful",
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> np.ndarray:
@@ -115,11 +116,15 @@ def segment(
     ``mirroring`` (automatic 2-D models): None averages over the test-time flips the model's own predictor
     makes (nnU-Net's by default); False is the fast choice without them.
     ``device`` also runs a given `LoadedModel` there (default: where it was loaded).
+    ``precision``: "faithful" (default: float32, the authors' results) or "fast" (reduced precision where
+    the hardware has it; can change masks: see the README's precision section).
     """
+    from .inference.precision import precision_policy
     from .models.load import load_model
     from .models.loaded import LoadedModel
     from .models.registry import get_card
 
+    precision = precision_policy(precision)
     img = as_image(image)
     if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 1 <= label <= MAX_LABEL:
         raise PromptError(f"label must be a whole number from 1 to {MAX_LABEL}, not {label!r}")
@@ -130,25 +135,29 @@ def segment(
         raise MedsegError(f"{img.ndim}-D images are not supported")
     run_on = device if device not in (None, "", "auto") else loaded.info.get("device")
     if loaded.task == "box2d":
-        return _segment_box(img, loaded, box, points, point_labels, label, propagate, window, progress, cancel)
+        return _segment_box(img, loaded, box, points, point_labels, label, propagate, window, progress, cancel,
+                            precision)
     if loaded.task == "auto2d":
         from .inference.auto2d import predict_auto2d
 
-        return predict_auto2d(loaded, img, device=run_on, mirroring=mirroring, progress=progress, cancel=cancel)
+        return predict_auto2d(loaded, img, device=run_on, mirroring=mirroring, progress=progress, cancel=cancel,
+                              precision=precision)
     if loaded.task == "auto3d":
         from .inference.auto3d import predict_auto3d
 
-        return predict_auto3d(loaded, img, device=run_on, structures=structures, progress=progress, cancel=cancel)
+        return predict_auto3d(loaded, img, device=run_on, structures=structures, progress=progress, cancel=cancel,
+                              precision=precision)
     if loaded.task == "text2d":
         from .inference.text2d import predict_text2d
 
         if box is None:
             raise PromptError("Text-guided models need a box (or click) that places the lesion crop")
-        return predict_text2d(loaded, img, report or "", box=box, window=window, label=label)
+        return predict_text2d(loaded, img, report or "", box=box, window=window, label=label, precision=precision)
     raise MedsegError(f"Unknown task {loaded.task!r}")
 
 
-def _segment_box(img, loaded, box, points, point_labels, label, propagate, window, progress, cancel):
+def _segment_box(img, loaded, box, points, point_labels, label, propagate, window, progress, cancel,
+                 precision="faithful"):
     from .inference.box2d import BoxPredictor
     from .inference.intensity import display_limits
     from .inference.planes import resample_mask, take_plane
@@ -174,7 +183,7 @@ def _segment_box(img, loaded, box, points, point_labels, label, propagate, windo
     axis = 0 if img.ndim == 3 else None
     limits = window or (None if img.is_rgb else display_limits(img.array, img.intensity))
     plane = take_plane(img, axis, z, limits)
-    predictor = BoxPredictor(loaded, device=loaded.info.get("device"))
+    predictor = BoxPredictor(loaded, device=loaded.info.get("device"), precision=precision)
     predictor.set_image(plane.pixels)
     mask = predictor.predict(box=plane.box_to_pixels(box) if box else None,
                              points=plane.points_to_pixels(pts) if pts is not None else None, point_labels=pt_labels)

@@ -219,7 +219,6 @@ def test_point_validator_is_the_predictors_too():
     ("mask.jpg", ".jpg files cannot hold labels"),
     ("mask.jpeg", ".jpeg files cannot hold labels"),
     ("mask.bmp", ".bmp files cannot hold labels"),
-    ("mask.dcm", ".dcm files cannot hold labels"),
 ])
 def test_lossy_or_non_label_output_is_refused_not_made_a_folder(output, message, images, capsys, monkeypatch):
     _no_model_may_load(monkeypatch)
@@ -310,3 +309,33 @@ def test_segment_no_mirroring_is_passed_to_segment():
     fast = segment_command._prompt_kwargs(parser.parse_args(["scan.nii.gz", "-o", "out", "--no-mirroring"]))
     faithful = segment_command._prompt_kwargs(parser.parse_args(["scan.nii.gz", "-o", "out"]))
     assert fast["mirroring"] is False and faithful["mirroring"] is None
+
+
+def test_precision_is_a_named_choice_passed_to_segment(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    import imageio.v3 as iio
+
+    import napari_medseg.segmentation as segmentation
+
+    png = tmp_path / "grey.png"
+    iio.imwrite(png, np.zeros((16, 16), np.uint8))
+    with pytest.raises(SystemExit) as refused:  # the earlier names are not CLI choices: one usage error, exit 2
+        main(["segment", str(png), "-o", str(tmp_path / "o.png"), "--box", "1,1,8,8", "--precision", "bf16"])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "invalid choice: 'bf16'" in err and "faithful" in err and "fast" in err
+    seen = []
+    monkeypatch.setattr(segmentation, "segment", lambda image, loaded, **kw: seen.append(kw["precision"])
+                        or np.zeros(image.spatial_shape, np.uint8))
+    for extra, expected in (([], "faithful"), (["--precision", "fast"], "fast")):
+        assert main(["segment", str(png), "-o", str(tmp_path / "o.png"), "--box", "1,1,8,8", *extra]) == 0
+        assert seen[-1] == expected
+
+
+def test_train_evaluates_faithfully_unless_asked(tmp_path):
+    from napari_medseg.cli import build_parser
+    from napari_medseg.cli_commands.train import config_from_args
+
+    base = ["train", "--model", "lite-medsam", "--images", str(tmp_path), "--out", str(tmp_path / "run")]
+    for extra, expected in (([], "faithful"), (["--precision", "fast"], "fast")):
+        args = build_parser(base + extra).parse_args(base + extra)
+        assert config_from_args(args)[1].precision == expected

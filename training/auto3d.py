@@ -127,7 +127,7 @@ class SwinSMTAdapter(Adapter):
 
         pairs = []
         for case in self.val_cases:
-            predicted = predict_auto3d(self.loaded, case.image, device=self.device)
+            predicted = predict_auto3d(self.loaded, case.image, device=self.device, precision=self.options.precision)
             pairs.append((predicted, self.lookup[case.labels], reviewed_voxels(case)))
         return class_dice(pairs, self.classes)
 

@@ -35,6 +35,7 @@ class TrainOptions:
     embedding_cache_gb: float = 4.0  # frozen encoders: embeddings kept in memory up to this size
     foreground_oversampling: float = 0.33  # automatic models: share of patches centred on a label
     architecture: dict = field(default_factory=dict)  # new networks: e.g. feature_size, roi_size, patch_size
+    precision: str = "faithful"  # validation predictions: "faithful" (float32) or "fast" (inference's reduced precision)
 
 
 def _to_device(value, device):

@@ -208,8 +208,12 @@ class PromptAdapter(Adapter):
         hw = rgb.shape[:2]
         input_hw = model_frame(self.profile_name, self.size, hw)
         if self.options.train_encoder or self.module.embeddings is None:
+            from napari_medseg.inference.box2d import native_bf16
+
             x, input_hw = self.profile.encoder_input(rgb)
-            embedding = self.network.image_encoder(x)
+            fast = self.options.precision == "fast" and native_bf16(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=fast):  # as BoxPredictor
+                embedding = self.network.image_encoder(x).float()
         else:
             embedding = self.module.embeddings[key:key + 1].to(self.device).float()
         boxes = torch.as_tensor(self.profile.box(box, hw), dtype=torch.float32, device=self.device)[None]

@@ -133,7 +133,8 @@ class TextAdapter(DeepSupervisionModes, Adapter):
             case = self.val_cases[c]
             truth = case.plane(z)[1] == value
             box = tuple(box_of(truth)) + (() if z is None else (z,))
-            predicted = predict_text2d(self.loaded, case.image, case.report, box=box, device=self.device)
+            predicted = predict_text2d(self.loaded, case.image, case.report, box=box, device=self.device,
+                                       precision=self.options.precision)
             scores.append(dice_score((predicted if z is None else predicted[z]) > 0, truth))
         return float(np.mean(scores)) if scores else None
 

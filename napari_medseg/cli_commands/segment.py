@@ -9,6 +9,7 @@ from pathlib import Path
 from ..batch import LABEL_FORMATS, CaseResult, format_choices
 from ..cli import warn
 from ..errors import MedsegError, PromptError
+from ..inference.precision import PRECISIONS
 
 
 def _numbers(text: str, name: str) -> list[float]:
@@ -31,6 +32,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--report", help="lesion report for text-guided models")
     parser.add_argument("--tokenizer", help="folder with the text model's tokenizer files (text-guided models)")
     parser.add_argument("--structures", help="comma-separated class names or values to keep (automatic 3D models)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="faithful",
+                        help="faithful (default): float32, the authors' results; fast: reduced precision where the "
+                        "hardware has it (bfloat16), can change masks (see the README's precision section)")
     parser.add_argument("--format", choices=format_choices(), metavar="FORMAT",
                         help="nifti, nrrd, seg-nrrd (3D Slicer), mha, dicom-seg, rtstruct, png or tiff (default: from -o's "
                         "name, e.g. .dcm is DICOM-SEG, .seg.nrrd 3D Slicer; for folders the input's, nii.gz for DICOM)")
@@ -52,6 +56,7 @@ def _prompt_kwargs(args) -> dict:
         "point_labels": ([1] * len(args.point) + [0] * len(args.negative_point)) or None,
         "report": args.report,
         "propagate": args.propagate,
+        "precision": args.precision,
         "structures": [int(s) if s.strip().isdigit() else s.strip() for s in args.structures.split(",")]
         if args.structures else None,
         "mirroring": False if args.no_mirroring else None,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+from napari_medseg.inference.precision import PRECISIONS
+
 
 def add_arguments(parser) -> None:
     data = parser.add_argument_group("data")
@@ -39,6 +41,9 @@ def add_arguments(parser) -> None:
     opt.add_argument("--warmup", type=float, default=0.05, help="warm-up share of the budget")
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    parser.add_argument("--precision", choices=PRECISIONS, default="faithful",
+                        help="precision of the evaluation on the held-out cases: faithful (default, float32) or fast "
+                        "(what 'medseg segment --precision fast' runs)")
     opt.add_argument("--workers", type=int, default=0, help="batch-preparing worker processes")
     parser.add_argument("--out", required=True, help="output folder: checkpoints, metrics.json, model/")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (torchrun: one GPU per process)")
@@ -108,7 +113,8 @@ def config_from_args(args):
         warmup=args.warmup, schedule=args.schedule, seed=args.seed, amp=not args.no_amp,
         patience=args.patience or None, workers=args.workers,
     )
-    return config, TrainOptions(train_encoder=args.train_encoder, architecture=_architecture(args.arch))
+    return config, TrainOptions(train_encoder=args.train_encoder, architecture=_architecture(args.arch),
+                                precision=args.precision)
 
 
 def run(args, cancel=None) -> int:

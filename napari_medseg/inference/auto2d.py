@@ -24,17 +24,21 @@ DEFAULT_BATCH = {"cpu": 1, "cuda": 8}  # 8 x 512^2 tiles: ~4 GB on a GPU
 
 
 def predict_auto2d(loaded: LoadedModel, image: Image, *, device=None, mirroring: bool | None = None,
-                   batch_size: int | None = None, progress=None, cancel=None, slices=None, dtype=None) -> np.ndarray:
+                   batch_size: int | None = None, progress=None, cancel=None, slices=None, dtype=None,
+                   precision: str = "faithful") -> np.ndarray:
     """The label map of ``image`` (shape ``image.spatial_shape``, uint8 or uint16).
 
     ``slices`` limits a volume to these indices along the axis the model slides over (the other slices
     stay 0). ``mirroring``: average over test-time flips. None (the faithful default) flips as the
     model's own predictor does: nnU-Net models over their checkpoint's ``inference_allowed_mirroring_axes``,
     VM-UNet and LVM-Med not at all; False is the fast choice (a quarter of nnU-Net's work), True flips
-    every model. ``device`` (a name, "auto" or None: CUDA when present). ``dtype``: the GPU's autocast
-    type (default: float16 for nnU-Net models, as nnUNetPredictor, else ``precision.default_dtype``).
+    every model. ``device`` (a name, "auto" or None: CUDA when present). ``precision``: "faithful" (default)
+    runs the network in float32, "fast" on GPU under autocast (nnU-Net models float16, as nnUNetPredictor;
+    others ``precision.default_dtype``); a given ``dtype`` is used as is.
     """
     from ..device import resolve_device
+
+    from .precision import policy_dtype, precision_policy
 
     if loaded.task != "auto2d":
         raise MedsegError(f"{loaded.family} is a {loaded.task} model, not an automatic 2-D model")
@@ -42,8 +46,9 @@ def predict_auto2d(loaded: LoadedModel, image: Image, *, device=None, mirroring:
     loaded.to(device)
     batch_size = batch_size or DEFAULT_BATCH.get(device.type, 1)
     scheme = loaded.preprocessing.get("scheme")
-    if scheme == "nnunet" and dtype is None and device.type == "cuda":
+    if scheme == "nnunet" and dtype is None and precision_policy(precision) == "fast" and device.type == "cuda":
         dtype = "float16"  # nnUNetPredictor's torch.autocast("cuda"); precision.Precision guards overflows
+    dtype = policy_dtype(precision, dtype, device)
     runner = _Runner(loaded.network, device, batch_size, dtype)
     if scheme == "nnunet":
         return _predict_nnunet(loaded, image, runner, mirroring is not False, slices, progress, cancel)

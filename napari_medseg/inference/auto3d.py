@@ -25,7 +25,7 @@ from ..errors import MedsegError
 from ..io.image import Image
 from ..models.loaded import LoadedModel
 from ..progress import CancelCheck, Progress, ProgressCallback
-from .precision import autocast_dtype
+from .precision import autocast_dtype, policy_dtype
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ def predict_auto3d(
     overlap: float = 0.5,
     batch_size: int | None = None,
     dtype=None,
+    precision: str = "faithful",
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
     warn: Callable[[str], None] | None = None,
@@ -46,8 +47,9 @@ def predict_auto3d(
     """Label map of ``image`` (shape ``image.spatial_shape``; 0 = background, values = ``loaded.classes``).
 
     ``structures`` keeps only those labels (names or values; the argmax still runs over all classes).
-    On GPU the network runs under autocast (``dtype``: float16, bfloat16 or float32; default bfloat16 where
-    the GPU has it natively, else float16 with a float32 retry of non-finite outputs: ``precision``),
+    ``precision`` "faithful" (default) runs the network in float32; "fast" on GPU under autocast (bfloat16
+    where the GPU has it natively, else float16 with a float32 retry of non-finite outputs; ``dtype``, when
+    given, is the autocast type: float16, bfloat16 or float32),
     two windows per batch; a GPU out-of-memory error retries with one window, then on the CPU, each
     announced through ``warn`` (default: the module logger). The network stays on the device last used.
     """
@@ -59,6 +61,7 @@ def predict_auto3d(
     keep = _structure_lut(loaded.classes, structures)
     volume, spacing, orientation = _ras_volume(loaded, image, warn)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = policy_dtype(precision, dtype, device)
     batch_size = int(batch_size or (2 if device.type == "cuda" else 1))
     attempts = [(device, batch_size)]
     if batch_size > 1:

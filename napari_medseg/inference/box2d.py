@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import MedsegError, PromptError
 from .intensity import to_uint8
+from .precision import precision_policy
 
 # --------------------------------------------------------------------------- image conversion
 
@@ -72,10 +73,16 @@ def area_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if (h, w) == (new_h, new_w):
         return image.copy()
     rows, cols = _area_weights(h, new_h), _area_weights(w, new_w)
-    if new_h > h or new_w > w:  # OpenCV enlarges in 11-bit fixed point, rounding once at the end
+    if new_h > h or new_w > w:  # OpenCV's linear pass in 11-bit fixed point, bit for bit: rows first
+        # (exact integers), then each of the two vertical taps as (row >> 4) * weight >> 16, then (sum + 2) >> 2
         rows, cols = np.rint(rows * 2048).astype(np.int64), np.rint(cols * 2048).astype(np.int64)
-        vertical = (rows @ image.astype(np.int64).reshape(h, -1)).reshape(new_h, w, -1)
-        out = (np.einsum("lk,ikc->ilc", cols, vertical, optimize=True) + (1 << 21)) >> 22
+        horizontal = np.einsum("lk,ikc->ilc", cols, image.astype(np.int64), optimize=True) >> 4
+        first = np.argmax(rows != 0, axis=1)
+        second = np.minimum(first + 1, h - 1)
+        weight0 = rows[np.arange(new_h), first]
+        weight1 = np.where(second > first, rows[np.arange(new_h), second], 0)
+        out = ((horizontal[first] * weight0[:, None, None] >> 16)
+               + (horizontal[second] * weight1[:, None, None] >> 16) + 2) >> 2
     else:  # torch's matrix products: numpy's OpenBLAS threads would keep spinning on the cores the
         # image encoder needs next (60 ms slower embeddings on a 2-core CPU)
         import torch
@@ -251,15 +258,16 @@ def content_hash(image: np.ndarray, display_range=None) -> str:
 class BoxPredictor:
     """Box (and point) prompts on 2-D slices with a loaded SAM-family model.
 
-    ``precision``: "fp32", "bf16" (image encoder under bfloat16 autocast; prompt encoder and decoder
-    stay fp32) or "auto" (bf16 where the hardware computes it natively: CUDA GPUs with bf16, CPUs with
-    AVX512-BF16/AMX; fp32 elsewhere). ``compile`` runs the image encoder and the mask decoding through
-    ``torch.compile`` (slow first calls). The network is moved to ``device``. ``store`` (an
-    `embedding_cache.EmbeddingStore`) keeps embeddings on disk across sessions for models whose weights'
-    sha256 is known.
+    ``precision``: "faithful" (default: float32, the authors' computation) or "fast" (the image encoder
+    under bfloat16 autocast where the hardware computes it natively: CUDA GPUs with bf16, CPUs with
+    AVX512-BF16/AMX; float32 elsewhere; prompt encoder and decoder stay float32; can change masks, see
+    the README's precision section). The earlier names "fp32" and "bf16" mean "faithful" and "fast".
+    ``compile`` runs the image encoder and the mask decoding through ``torch.compile`` (slow first calls).
+    The network is moved to ``device``. ``store`` (an `embedding_cache.EmbeddingStore`) keeps embeddings
+    on disk across sessions for models whose weights' sha256 is known.
     """
 
-    def __init__(self, loaded, device=None, precision: str = "auto", cache: EmbeddingCache | None = None,
+    def __init__(self, loaded, device=None, precision: str = "faithful", cache: EmbeddingCache | None = None,
                  compile: bool = False, store=None):
         import torch
 
@@ -270,11 +278,8 @@ class BoxPredictor:
             raise MedsegError(f"{loaded.family} is not a box-prompted model")
         self.loaded = loaded
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if precision == "auto":
-            precision = "bf16" if native_bf16(self.device) else "fp32"
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', not {precision!r}")
-        self.precision = precision
+        self.precision = precision_policy(precision)
+        self._bf16 = self.precision == "fast" and native_bf16(self.device)
         network = loaded.network.to(self.device).eval()
         encoder = encoder_for_inference(network)
         self._encode = torch.compile(encoder) if compile else encoder
@@ -314,7 +319,7 @@ class BoxPredictor:
 
         with torch.inference_mode():
             x, input_hw = self.profile.encoder_input(rgb)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
                 features = self._encode(x.contiguous(memory_format=torch.channels_last))
         return Embedding(features.float(), tuple(input_hw), tuple(rgb.shape[:2]))
 

@@ -1,4 +1,9 @@
-"""Reduced precision for automatic segmentation: which autocast type, and a float16 overflow guard.
+"""The precision policy (faithful or fast) and, for automatic segmentation, the autocast type and a float16
+overflow guard.
+
+Every predictor takes ``precision``: "faithful" (the default) computes what the authors' code computes in
+float32; "fast" is the reduced precision the hardware runs natively (bfloat16 where it has it), which can
+change masks and is only ever an explicit choice. The README's precision section gives the measured costs.
 
 bfloat16 has float32's range; float16 stops at 65504. Networks trained under bfloat16 (this project's
 training uses it wherever the GPU has it) can carry activations past that, and float16 inference then
@@ -14,6 +19,29 @@ from ..errors import MedsegError
 
 log = logging.getLogger(__name__)
 AUTOCAST_DTYPES = ("float16", "bfloat16", "float32")
+PRECISIONS = ("faithful", "fast")
+_RENAMED = {"fp32": "faithful", "float32": "faithful", "bf16": "fast"}  # BoxPredictor's earlier names
+
+
+def precision_policy(precision) -> str:
+    """``precision`` checked: "faithful" (also for None and the earlier "fp32") or "fast" (earlier "bf16")."""
+    if precision is None:
+        return "faithful"
+    name = _RENAMED.get(str(precision).lower(), str(precision).lower())
+    if name not in PRECISIONS:
+        raise MedsegError(f"Unknown precision {precision!r}; use 'faithful' (float32 as the authors run it, the "
+                          f"default) or 'fast' (reduced precision where the hardware has it; can change masks)")
+    return name
+
+
+def policy_dtype(precision, dtype, device):
+    """The autocast type of an automatic prediction: ``dtype`` when given (an explicit choice), else float32
+    for "faithful" and ``default_dtype`` (bfloat16 or float16 on CUDA) for "fast"."""
+    import torch
+
+    if precision_policy(precision) == "fast" and dtype is None:
+        return default_dtype(device)
+    return autocast_dtype(torch.float32 if dtype is None else dtype, device)
 
 
 def default_dtype(device):

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import MedsegError, PromptError
 from ..io.image import Image
-from .precision import Precision
+from .precision import Precision, policy_dtype, precision_policy
 
 LARGE_LESION_MARGIN = 1.25
 
@@ -145,8 +145,10 @@ def mirrored_logits(network, x, lang_feat, axes) -> "torch.Tensor":
     return sum(logits[i:i + 1].flip(c) if c else logits[i:i + 1] for i, c in enumerate(combos)) / len(combos)
 
 
-def predict_crop(loaded, pixels: np.ndarray, report: str, *, mirror: bool, device) -> np.ndarray:
-    """Lesion mask (bool, size x size) of one model-ready square crop, as nnU-Net predicts it."""
+def predict_crop(loaded, pixels: np.ndarray, report: str, *, mirror: bool, device,
+                 precision: str = "faithful") -> np.ndarray:
+    """Lesion mask (bool, size x size) of one model-ready square crop, as nnU-Net predicts it (float32, or
+    under the GPU's autocast type for ``precision`` "fast")."""
     import torch
 
     preprocessing = loaded.preprocessing
@@ -163,8 +165,9 @@ def predict_crop(loaded, pixels: np.ndarray, report: str, *, mirror: bool, devic
     network = loaded.network.eval()
     x = torch.from_numpy(padded)[None, None].to(device)
     axes = preprocessing.get("mirror_axes", []) if mirror else []
+    run = Precision(device, policy_dtype(precision, None, device))
     with torch.no_grad():
-        logits = Precision(device)(lambda: mirrored_logits(network, x, network.encode_report(report), axes))[0]
+        logits = run(lambda: mirrored_logits(network, x, network.encode_report(report), axes))[0]
     if preprocessing.get("output") == "sigmoid":
         foreground = (torch.sigmoid(logits) > 0.5).any(dim=0)
     else:
@@ -174,12 +177,13 @@ def predict_crop(loaded, pixels: np.ndarray, report: str, *, mirror: bool, devic
 
 
 def predict_text2d(loaded, image: Image, report: str, *, box, window=None, label: int = 1, device=None,
-                   mirror: bool | None = None) -> np.ndarray:
+                   mirror: bool | None = None, precision: str = "faithful") -> np.ndarray:
     """Label map (``image.spatial_shape``) with ``label`` on the lesion that ``box`` points at and ``report`` describes.
 
     ``box`` is (x0, y0, x1, y1) in pixels of the slice (pixel edges at integers, as box prompts), plus z (the slice
     index along the first axis) for volumes; a click is a box of zero size. ``window`` (low, high) overrides the
     CT window; ``mirror`` (nnU-Net's test-time flips) defaults to on for CUDA and off elsewhere (4x the work).
+    ``precision``: "faithful" (float32, default) or "fast" (the GPU's autocast type).
     """
     import torch
 
@@ -187,6 +191,7 @@ def predict_text2d(loaded, image: Image, report: str, *, box, window=None, label
 
     if loaded.task != "text2d":
         raise MedsegError(f"{loaded.family} is not a text-guided model")
+    precision = precision_policy(precision)
     if not isinstance(report, str):
         raise PromptError("The lesion report must be text")
     if len(loaded.preprocessing.get("channels", [])) != 1:
@@ -217,7 +222,7 @@ def predict_text2d(loaded, image: Image, report: str, *, box, window=None, label
         loaded.to(device)
         loaded.info["device"] = str(device)
     mask = predict_crop(loaded, patch, report, mirror=device.type == "cuda" if mirror is None else mirror,
-                        device=device)
+                        device=device, precision=precision)
     if crop.side != size:
         from skimage.transform import resize
 

@@ -207,3 +207,14 @@ def test_box_on_a_colour_photo(viewer_widget):
     assert mask.shape == photo.data.shape[:2] and mask.sum() > 2000
     rows, cols = np.nonzero(mask)
     assert rows.min() >= 550 and rows.max() <= 740 and cols.min() >= 170 and cols.max() <= 360
+
+
+def test_precision_setting_reaches_the_box_predictor(viewer_widget):
+    viewer, widget = viewer_widget
+    viewer.open_sample(PLUGIN, "ct")
+    assert widget.precision_combo.currentText() == "faithful"
+    widget.precision_combo.setCurrentText("fast")
+    draw(viewer, widget, (20, 40), (70, 90))
+    (predictor,) = widget._predictors.values()
+    assert predictor.precision == "fast"
+    assert (viewer.layers["CT (pydicom CT_small) labels"].data == 1).any()

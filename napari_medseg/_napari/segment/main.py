@@ -107,15 +107,16 @@ class SegmentWidget(SegmentControls):
         image = self._image(image_layer)
         limits = tuple(image_layer.contrast_limits)
         card, device = self.card, self.device_combo.currentText()
+        precision = self.precision_combo.currentText()
         prompt = {"model": card.id, "axis": axis, "slice": index, "box": box, "points": points,
                   "point_labels": point_labels}
         if card.task == "text2d":
-            return self._segment_report(image_layer, image, axis, index, box, prompt)
+            return self._segment_report(image_layer, image, axis, index, box, prompt, precision)
 
         def job(progress, cancel):
             from ...inference.planes import take_plane
 
-            predictor = self._predictor(card, device, progress)
+            predictor = self._predictor(card, device, progress, precision)
             plane = take_plane(image, axis, index, limits)
             progress(0, 0, "Embedding the image" if axis is None else
                      f"Embedding slice {index} of {image.spatial_shape[axis]}")
@@ -129,7 +130,7 @@ class SegmentWidget(SegmentControls):
 
         self.runner.run(job, lambda mask: self._write_mask(image_layer, image, axis, index, mask, prompt), "Segmenting")
 
-    def _segment_report(self, image_layer, image, axis, index, box, prompt) -> None:
+    def _segment_report(self, image_layer, image, axis, index, box, prompt, precision="faithful") -> None:
         """Text-guided models: the box places the 256x256 lesion crop, the report steers the decoder."""
         if axis not in (None, 0):
             return self._notify("warning", "Text-guided models work on axial slices; show the first axis' slices")
@@ -145,23 +146,24 @@ class SegmentWidget(SegmentControls):
 
             options = {"tokenizer": self.tokenizer_folder} if self.tokenizer_folder else {}
             labels = segment(image, load_model(card.id, device=device, **options),
-                             box=(*box, index) if axis == 0 else box, report=report)
+                             box=(*box, index) if axis == 0 else box, report=report, precision=precision)
             return labels[index] > 0 if axis == 0 else labels > 0
 
         self.runner.run(job, lambda mask: self._write_mask(image_layer, image, axis, index, mask, prompt),
                         "Reading the report and segmenting")
 
-    def _predictor(self, card, device, progress=None):
+    def _predictor(self, card, device, progress=None, precision="faithful"):
         from ...inference.box2d import BoxPredictor
         from ...inference.embedding_cache import default_store
         from ...models.load import load_model
 
-        key = (card.id, device)
+        key = (card.id, device, precision)
         if key not in self._predictors:
             if progress is not None:
                 progress(0, 0, f"Loading {card.name}")
             loaded = load_model(card.id, device=device)
-            self._predictors = {key: BoxPredictor(loaded, device=loaded.info.get("device"), store=default_store())}
+            self._predictors = {key: BoxPredictor(loaded, device=loaded.info.get("device"), precision=precision,
+                                                  store=default_store())}
         return self._predictors[key]
 
     def _write_mask(self, image_layer, image, axis, index, mask, prompt=None) -> None:
@@ -202,6 +204,7 @@ class SegmentWidget(SegmentControls):
         start_mask = np.take(np.asarray(labels.data), index, axis=axis) == value
         overwrite = self.overwrite_check.isChecked()
         directions = DIRECTIONS[self.direction_combo.currentText()]
+        precision = self.precision_combo.currentText()
         image = self._image(image_layer)
         limits = tuple(image_layer.contrast_limits)
         card, device = self.card, self.device_combo.currentText()
@@ -211,7 +214,7 @@ class SegmentWidget(SegmentControls):
             from ...inference.planes import resample_mask, take_plane
             from ...inference.propagation import propagate_slices
 
-            predictor = self._predictor(card, device, progress)
+            predictor = self._predictor(card, device, progress, precision)
             planes = {}
 
             def slice_at(i):
@@ -281,6 +284,7 @@ class SegmentWidget(SegmentControls):
             return self._notify("warning", str(exc))
         image = self._image(image_layer)
         card, device = self.card, self.device_combo.currentText()
+        precision = self.precision_combo.currentText()
         if axis is not None and axis != 0:
             return self._notify("warning", "Automatic 2D models run on axial slices; show the first axis' slices")
         target = image if index is None else image.with_array(image.array[index], channel_axis=image.channel_axis)
@@ -292,7 +296,7 @@ class SegmentWidget(SegmentControls):
             from ...segmentation import segment
 
             loaded = load_model(card.id, device=device)
-            return segment(target, loaded, progress=progress, cancel=cancel), loaded.classes
+            return segment(target, loaded, progress=progress, cancel=cancel, precision=precision), loaded.classes
 
         def done(result):
             labels_array, classes = result

@@ -45,6 +45,10 @@ class SegmentGUI(QWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu"])
         self.device_combo.setToolTip("auto: CUDA if available, then MPS, then CPU")
+        self.precision_combo = QComboBox()
+        self.precision_combo.addItems(["faithful", "fast"])
+        self.precision_combo.setToolTip("faithful: float32, the authors' results; fast: reduced precision where the "
+                                        "hardware has it (bfloat16), can change masks")
         self.window_combo = QComboBox()
         self.window_combo.addItems(["(keep)", *CT_WINDOWS])
         self.window_combo.setToolTip("CT window/level preset; prompt models see the image as displayed")
@@ -59,6 +63,7 @@ class SegmentGUI(QWidget):
         weights_row.addWidget(self.copy_hint_button)
         form.addRow("", weights_row)
         form.addRow("Device", self.device_combo)
+        form.addRow("Precision", self.precision_combo)
         form.addRow("CT window", self.window_combo)
 
         self.box_button = QPushButton("Draw box (B)")
