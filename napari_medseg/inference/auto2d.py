@@ -33,12 +33,12 @@ def predict_auto2d(loaded: LoadedModel, image: Image, *, device=None, mirroring:
     model's own predictor does: nnU-Net models over their checkpoint's ``inference_allowed_mirroring_axes``,
     VM-UNet and LVM-Med not at all; False is the fast choice (a quarter of nnU-Net's work), True flips
     every model. ``device`` (a name, "auto" or None: CUDA when present). ``precision``: "faithful" (default)
-    runs the network in float32, "fast" on GPU under autocast (nnU-Net models float16, as nnUNetPredictor;
-    others ``precision.default_dtype``); a given ``dtype`` is used as is.
+    runs the network in float32, "fast" on GPU under autocast (``precision.default_dtype``: bfloat16 where
+    native, else float16); a given ``dtype`` is used as is.
     """
     from ..device import resolve_device
 
-    from .precision import policy_dtype, precision_policy
+    from .precision import policy_dtype
 
     if loaded.task != "auto2d":
         raise MedsegError(f"{loaded.family} is a {loaded.task} model, not an automatic 2-D model")
@@ -46,8 +46,8 @@ def predict_auto2d(loaded: LoadedModel, image: Image, *, device=None, mirroring:
     loaded.to(device)
     batch_size = batch_size or DEFAULT_BATCH.get(device.type, 1)
     scheme = loaded.preprocessing.get("scheme")
-    if scheme == "nnunet" and dtype is None and precision_policy(precision) == "fast" and device.type == "cuda":
-        dtype = "float16"  # nnUNetPredictor's torch.autocast("cuda"); precision.Precision guards overflows
+    # "fast" on CUDA: bfloat16 where native, not nnUNetPredictor's float16, which overflowed in a trained
+    # Swin-UMamba (see the README's precision section); float16 outputs that are not finite are recomputed
     dtype = policy_dtype(precision, dtype, device)
     runner = _Runner(loaded.network, device, batch_size, dtype)
     if scheme == "nnunet":
