@@ -15,7 +15,7 @@ def test_label_values_a_label_map_cannot_hold_are_refused_before_loading(label):
 class BoxAsMask:
     """A box predictor whose mask is the box itself (what segment() does with the value is tested)."""
 
-    def __init__(self, loaded, device=None):
+    def __init__(self, loaded, device=None, precision="faithful"):
         pass
 
     def set_image(self, pixels):

@@ -73,7 +73,7 @@ class FinetuneControls(FinetuneGui):
     def _share_dock_with_segment(self) -> None:
         """Dock as a tab beside a docked Segment widget: the two stacked need about 1,400 px of height, so
         on a 1366x768 or 1080p screen the controls and the plot would be squeezed out of sight."""
-        from .widget import SegmentWidget
+        from .segment.main import SegmentWidget
 
         mine = _dock_of(self)
         if mine is None or mine.isFloating():
