@@ -4,15 +4,14 @@ from then on; ``load_model(<id>)`` loads it like any other model.
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
+from napari_medseg.atomic import atomic_write_text, replacing
 from napari_medseg.errors import MedsegError
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -48,10 +47,8 @@ def register_model(weights: str | Path, *, model_id: str, base_card, family: str
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / weights.name
     if weights.resolve() != target.resolve():
-        handle, temp = tempfile.mkstemp(prefix=f".{weights.name}.", dir=folder)
-        os.close(handle)
-        shutil.copyfile(weights, temp)
-        os.replace(temp, target)
+        with replacing(target, verify=lambda temp: _same_size(temp, weights)) as temp:
+            shutil.copyfile(weights, temp)
     card = {
         "id": model_id,
         "family": family,
@@ -66,8 +63,10 @@ def register_model(weights: str | Path, *, model_id: str, base_card, family: str
         "citation": base_card.citation,
         "provenance": {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "base_model": base_card.id, **provenance},
     }
-    handle, temp = tempfile.mkstemp(prefix=".card.", dir=folder)
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        yaml.safe_dump(card, stream, sort_keys=False)
-    os.replace(temp, folder / "card.yaml")
+    atomic_write_text(folder / "card.yaml", yaml.safe_dump(card, sort_keys=False))
     return get_card(model_id)
+
+
+def _same_size(copy: Path, source: Path) -> None:
+    if copy.stat().st_size != source.stat().st_size:  # a short copy (full disk) never becomes the model
+        raise MedsegError(f"Cannot register {source.name}: the copy is incomplete (disk full?)")
