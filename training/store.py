@@ -455,8 +455,6 @@ class AnnotationStore:
         [...]}``) is merged with what was reviewed before; without it, slices that hold labels count
         as reviewed (2-D images: the whole image).
         """
-        from napari_medseg.io import write_labels
-
         labels = np.asarray(labels)
         if labels.shape != image.spatial_shape:
             raise MedsegError(f"Labels of shape {labels.shape} do not match the image's {image.spatial_shape}")

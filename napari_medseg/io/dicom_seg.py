@@ -43,6 +43,32 @@ def sop_class_of(path: Path) -> str:
         return ""
 
 
+def source_headers(like: Image) -> list:
+    """The headers (no pixel data) of `like`'s DICOM source files in its z order, type 2 attributes filled in."""
+    import pydicom
+
+    return [_with_type2_attributes(pydicom.dcmread(f, stop_before_pixels=True)) for f in source_files(like)]
+
+
+def save_checked(ds, path: Path, kind: str, count: int, items) -> None:
+    """Save `ds` at `path` atomically; the written file must read back with its SOPInstanceUID and `count`
+    `items(read-back dataset)` (segments, ROIs) before it replaces `path`."""
+    import pydicom
+
+    uid = ds.SOPInstanceUID
+
+    def verify(temp: Path) -> None:
+        back = pydicom.dcmread(temp, stop_before_pixels=True)
+        if back.SOPInstanceUID != uid or items(back) != count:
+            raise OSError(f"{path.name} did not read back as the {kind} just written")
+
+    try:
+        with replacing(path, verify=verify) as temp:
+            ds.save_as(temp, enforce_file_format=True)
+    except OSError as exc:
+        raise ImageWriteError(f"Cannot write {path}: {exc.strerror or exc}") from None
+
+
 def source_files(like: Image) -> list[Path]:
     """The DICOM files holding `like`'s slices, in its z order; a one-line error when there are none."""
     path = like.path
@@ -131,19 +157,17 @@ def write_dicom_seg(labels: np.ndarray, like: Image, path: Path, segments: list[
                     seg_type: str = "BINARY") -> None:
     """Write `labels` (on `like`'s DICOM source grid) as a DICOM-SEG at `path`, atomically."""
     import highdicom as hd
-    import pydicom
 
     from .. import __version__
 
     check_segments(segments, seg_type)
-    files = source_files(like)
-    sources = [_with_type2_attributes(pydicom.dcmread(f, stop_before_pixels=True)) for f in files]
+    sources = source_headers(like)
     if any("FrameOfReferenceUID" not in ds for ds in sources):
         raise ImageWriteError("The source DICOM has no FrameOfReferenceUID, so a DICOM-SEG cannot be placed on it: "
                               "save as .nii.gz or .seg.nrrd instead")
     lookup = np.zeros(int(labels.max()) + 1, np.uint8)
     lookup[[s.value for s in segments]] = np.arange(1, len(segments) + 1)
-    numbers = lookup[labels].reshape(len(files), *labels.shape[-2:])
+    numbers = lookup[labels].reshape(len(sources), *labels.shape[-2:])
     first = sources[0]
     seg = hd.seg.Segmentation(
         source_images=sources,
@@ -163,19 +187,8 @@ def write_dicom_seg(labels: np.ndarray, like: Image, path: Path, segments: list[
         content_description="Segmentation made with napari-medseg",
         omit_empty_frames=seg_type == "BINARY",
     )
-    expected_uid = seg.SOPInstanceUID
-
-    def verify(temp: Path) -> None:
-        back = pydicom.dcmread(temp, stop_before_pixels=True)
-        written = [item for item in back.SegmentSequence if int(item.SegmentNumber) > 0]  # LABELMAP adds 0
-        if back.SOPInstanceUID != expected_uid or len(written) != len(segments):
-            raise OSError(f"{path.name} did not read back as the DICOM-SEG just written")
-
-    try:
-        with replacing(path, verify=verify) as temp:
-            seg.save_as(temp, enforce_file_format=True)
-    except OSError as exc:
-        raise ImageWriteError(f"Cannot write {path}: {exc.strerror or exc}") from None
+    save_checked(seg, path, "DICOM-SEG", len(segments),
+                 lambda back: sum(int(item.SegmentNumber) > 0 for item in back.SegmentSequence))  # LABELMAP adds 0
 
 
 def _sitk_image(volume):

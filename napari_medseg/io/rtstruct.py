@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import replacing
 from ..errors import ImageReadError, ImageWriteError
 from .image import Image
 from .segments import Segment
@@ -67,22 +66,20 @@ def _item(**fields):
 
 
 def write_rtstruct(labels: np.ndarray, like: Image, path: Path, segments: list[Segment]) -> None:
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
+    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     from .. import __version__
-    from .dicom_seg import _with_type2_attributes, check_segments, source_files
+    from .dicom_seg import check_segments, save_checked, source_headers
 
     check_segments(segments, "BINARY")
-    files = source_files(like)
-    sources = [_with_type2_attributes(pydicom.dcmread(f, stop_before_pixels=True)) for f in files]
+    sources = source_headers(like)
     first = sources[0]
     if "FrameOfReferenceUID" not in first:
         raise ImageWriteError("The source DICOM has no FrameOfReferenceUID, so an RTSTRUCT cannot be placed on it")
-    stack = labels.reshape(len(files), *labels.shape[-2:])
+    stack = labels.reshape(len(sources), *labels.shape[-2:])
     now = datetime.datetime.now()
-    ds = pydicom.Dataset()
+    ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = RTSTRUCT_SOP_CLASS
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -134,18 +131,7 @@ def write_rtstruct(labels: np.ndarray, like: Image, path: Path, segments: list[S
     ds.StructureSetROISequence = _sequence(rois)
     ds.ROIContourSequence = _sequence(contours)
     ds.RTROIObservationsSequence = _sequence(observations)
-    expected = ds.SOPInstanceUID
-
-    def verify(temp: Path) -> None:
-        back = pydicom.dcmread(temp)
-        if back.SOPInstanceUID != expected or len(back.ROIContourSequence) != len(segments):
-            raise OSError(f"{path.name} did not read back as the RTSTRUCT just written")
-
-    try:
-        with replacing(path, verify=verify) as temp:
-            ds.save_as(temp, enforce_file_format=True)
-    except OSError as exc:
-        raise ImageWriteError(f"Cannot write {path}: {exc.strerror or exc}") from None
+    save_checked(ds, path, "RTSTRUCT", len(segments), lambda back: len(back.ROIContourSequence))
 
 
 def _boxes(stack: np.ndarray, segments: list[Segment], find_objects) -> list[tuple[slice, ...]]:
