@@ -15,7 +15,14 @@ extent, bilinearly resized (align_corners=False) to the slice, sigmoid > 0.5.
 """
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
+
+# Where nilearn or scikit-image is absent (the GPU machine), the slices come from an npz written here
+# by ``python fidelity_set.py OUT.npz``: one uint8 RGB array per image name.
+EXPORTED = os.environ.get("MEDSEG_FIDELITY_IMAGES")
 
 
 def _dicom(name: str, window: tuple[float, float]) -> np.ndarray:
@@ -72,6 +79,11 @@ IMAGES = {
 }
 
 
+if EXPORTED:
+    with np.load(EXPORTED) as _slices:
+        IMAGES = {name: ((lambda rgb=_slices[name]: rgb), named) for name, (_, named) in IMAGES.items()}
+
+
 def boxes() -> list[tuple[str, str, tuple]]:
     """(image name, box name, box) of every box in the set."""
     return [(image, name, box) for image, (_, named) in IMAGES.items() for name, box in named.items()]
@@ -126,3 +138,7 @@ def fidelity(predictor, network) -> list[tuple[str, str, float]]:
             expected = recipe_mask(network, reference, resized_hw, rgb.shape[:2], box)
             results.append((image_name, box_name, iou(predictor.predict(box=box), expected)))
     return results
+
+
+if __name__ == "__main__":
+    np.savez_compressed(sys.argv[1], **{name: load() for name, (load, _) in IMAGES.items()})
