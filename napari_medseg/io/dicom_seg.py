@@ -91,6 +91,9 @@ def source_files(like: Image) -> list[Path]:
     shape = like.spatial_shape if like.ndim == 3 else (1, *like.spatial_shape)
     # where the first slice lies: a volume's origin; a single slice's 3-D origin when it was read here
     origin = like.origin if like.ndim == 3 else like.metadata.get("slice_geometry", {}).get("origin")
+    tilt = like.metadata.get("gantry_tilt")
+    if tilt:  # labels on the tilt-corrected grid: the source is the tilted stack
+        shape, origin = tuple(tilt["source_shape"]), tilt["source_origin"]
     candidates = []
     for info, slices in stacks:
         first = slices[0]
@@ -105,6 +108,22 @@ def source_files(like: Image) -> list[Path]:
                           + (f" at origin {tuple(round(o, 2) for o in origin)}" if origin is not None else
                              " (several slices of that size: open the DICOM file itself)")
                           + ": DICOM-SEG must lie on its source slices")
+
+
+def on_source_slices(labels: np.ndarray, like: Image) -> np.ndarray:
+    """`labels` (on `like`'s grid) as (slices, rows, columns) on the DICOM source slices: for a gantry-tilted
+    series read onto an orthogonal grid, each tilted slice's pixels take the nearest grid voxel's label."""
+    tilt = like.metadata.get("gantry_tilt")
+    if not tilt:
+        return labels.reshape(-1, *labels.shape[-2:])
+    count, rows, columns = tilt["source_shape"]
+    planes = []
+    for k, (row, column) in enumerate(tilt["offsets"]):
+        # round half up, as the nearest voxel centre; offsets put every source pixel on the grid
+        r = np.floor(np.arange(rows) + row + 0.5).astype(int).clip(0, labels.shape[1] - 1)
+        c = np.floor(np.arange(columns) + column + 0.5).astype(int).clip(0, labels.shape[2] - 1)
+        planes.append(labels[k][np.ix_(r, c)])
+    return np.stack(planes)
 
 
 def _segment_description(number: int, segment: Segment):
@@ -167,7 +186,7 @@ def write_dicom_seg(labels: np.ndarray, like: Image, path: Path, segments: list[
                               "save as .nii.gz or .seg.nrrd instead")
     lookup = np.zeros(int(labels.max()) + 1, np.uint8)
     lookup[[s.value for s in segments]] = np.arange(1, len(segments) + 1)
-    numbers = lookup[labels].reshape(len(sources), *labels.shape[-2:])
+    numbers = lookup[on_source_slices(labels, like)]
     first = sources[0]
     seg = hd.seg.Segmentation(
         source_images=sources,

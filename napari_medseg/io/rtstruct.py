@@ -70,14 +70,14 @@ def write_rtstruct(labels: np.ndarray, like: Image, path: Path, segments: list[S
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     from .. import __version__
-    from .dicom_seg import check_segments, save_checked, source_headers
+    from .dicom_seg import check_segments, on_source_slices, save_checked, source_headers
 
     check_segments(segments, "BINARY")
     sources = source_headers(like)
     first = sources[0]
     if "FrameOfReferenceUID" not in first:
         raise ImageWriteError("The source DICOM has no FrameOfReferenceUID, so an RTSTRUCT cannot be placed on it")
-    stack = labels.reshape(len(sources), *labels.shape[-2:])
+    stack = on_source_slices(labels, like)
     now = datetime.datetime.now()
     ds = Dataset()
     ds.file_meta = FileMetaDataset()

@@ -121,6 +121,27 @@ def dicom_series(tmp_path):
     return make
 
 
+def write_tilted_series(folder, tilt=15.0, count=8, step=3.0, shape=(40, 32)):
+    """Axial CT tilted about the x axis as scanners write it: slice k moved by k * step * tan(tilt) along -y
+    (and GantryDetectorTilt set); random HU so that any misplaced sample shows."""
+    import pydicom
+
+    pixels = np.random.default_rng(7).integers(0, 1500, (count, *shape))
+    for k in range(count):
+        position = (-30.0, -20.0 - k * step * np.tan(np.radians(tilt)), 40.0 + k * step)
+        path = write_dicom_slice(folder / f"IM{k:03d}", pixels[k], position=position, instance=k + 1,
+                                 pixel_spacing=(0.78, 0.7))
+        ds = pydicom.dcmread(path)
+        ds.GantryDetectorTilt = tilt
+        ds.save_as(path)
+    return folder
+
+
+@pytest.fixture
+def tilted_series():
+    return write_tilted_series
+
+
 @pytest.fixture
 def dicom_slice():
     return write_dicom_slice
