@@ -135,7 +135,8 @@ def _segment_description(number: int, segment: Segment):
     def coded(code):
         return hd.sr.CodedConcept(value=code[1], scheme_designator=code[0], meaning=code[2])
 
-    return hd.seg.SegmentDescription(
+    region = segment.code("region")
+    description = hd.seg.SegmentDescription(
         segment_number=number,
         segment_label=segment.name[:64],
         segmented_property_category=coded(segment.category),
@@ -145,8 +146,16 @@ def _segment_description(number: int, segment: Segment):
             name="napari-medseg", family=codes.cid7162.ArtificialIntelligence, version=__version__),
         tracking_id=f"label {segment.value}",
         tracking_uid=hd.UID(),
+        anatomic_regions=[coded(region)] if region else None,
         display_color=hd.color.CIELabColor.from_rgb(*segment.color),
     )
+    # laterality (left/right kidney, ...): modifiers live inside the type's and the region's code items
+    for sequence, field, keyword in (("SegmentedPropertyTypeCodeSequence", "modifier",
+                                      "SegmentedPropertyTypeModifierCodeSequence"),
+                                     ("AnatomicRegionSequence", "region_modifier", "AnatomicRegionModifierSequence")):
+        if segment.code(field):
+            setattr(getattr(description, sequence)[0], keyword, [coded(segment.code(field))])
+    return description
 
 
 # Patient and study attributes a SEG must carry (type 2: present, may be empty); highdicom copies them from

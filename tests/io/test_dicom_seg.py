@@ -137,6 +137,61 @@ def test_bad_requests_are_one_line_and_write_nothing(tmp_path, make_nifti, pydic
     assert list(out.iterdir()) == []
 
 
+def test_segments_carry_the_class_tables_codes(tmp_path, dicom_series):
+    """Known names get their SNOMED-CT codes (laterality as type modifier), unknown ones the generic Tissue."""
+    import pydicom
+
+    image = read_image(dicom_series(tmp_path / "axial", count=4, shape=(12, 10)))
+    labels = np.zeros(image.spatial_shape, np.uint8)
+    for value in (1, 2, 3, 4):
+        labels[value - 1, 2:6, 2:6] = value
+    out = write_labels(labels, image, tmp_path / "seg.dcm", {1: "liver", 2: "spleen", 3: "kidney_left", 4: "my lesion"})
+    items = pydicom.dcmread(out).SegmentSequence
+
+    def code(item):
+        return str(item.CodingSchemeDesignator), str(item.CodeValue), str(item.CodeMeaning)
+
+    types = {str(s.SegmentLabel): code(s.SegmentedPropertyTypeCodeSequence[0]) for s in items}
+    assert types == {"liver": ("SCT", "10200004", "Liver"), "spleen": ("SCT", "78961009", "Spleen"),
+                     "kidney_left": ("SCT", "64033007", "Kidney"), "my lesion": ("SCT", "85756007", "Tissue")}
+    categories = {str(s.SegmentLabel): code(s.SegmentedPropertyCategoryCodeSequence[0]) for s in items}
+    assert categories["liver"] == ("SCT", "123037004", "Anatomical Structure")
+    assert categories["my lesion"] == ("SCT", "85756007", "Tissue")
+    kidney = next(s for s in items if s.SegmentLabel == "kidney_left").SegmentedPropertyTypeCodeSequence[0]
+    assert code(kidney.SegmentedPropertyTypeModifierCodeSequence[0]) == ("SCT", "7771000", "Left")
+    seg = hd.seg.segread(out)  # highdicom reads the codes back too
+    assert seg.get_segment_description(1).segmented_property_type.value == "10200004"
+
+
+def test_class_table_codes_agree_with_dicom(tmp_path):
+    """Every class-table code that DICOM PS3.16 lists (pydicom's code dictionary) means the same there, and no
+    DICOM meaning names a side that the class's name does not."""
+    from pydicom.sr._concepts_dict import concepts
+
+    from napari_medseg.models.registry import class_table
+
+    dicom = {}  # code value -> its DICOM meanings (a short one and SNOMED's "... structure (body structure)")
+    for entry in concepts["SCT"].values():
+        for value, (meaning, _) in entry.items():
+            dicom[value] = dicom.get(value, "") + " | " + meaning.lower()
+    table = class_table("totalsegmentator_v2")
+    checked = 0
+    for value, codes in table["codes"].items():
+        name = table["names"][value]
+        for scheme, code, meaning in codes.values():
+            assert scheme == "SCT" and code.isdigit()
+            if code not in dicom:
+                continue
+            checked += 1
+            if meaning in ("Anatomical Structure", "Morphologically Altered Structure"):  # DICOM's CID 7150 terms
+                continue
+            words = [w for w in meaning.lower().split() if w not in ("of", "gland")]
+            assert all(w[:5] in dicom[code] for w in words), (name, code, meaning, dicom[code])  # splen(ic), ...
+            for side in ("left", "right"):
+                assert side not in dicom[code].split() or side in name, (name, code, dicom[code])
+    assert len(table["codes"]) == 117 and checked > 150
+
+
 def test_overlapping_segments_are_refused_in_one_line(tmp_path, pydicom_files):
     import pydicom
     from pydicom.sr.codedict import codes
