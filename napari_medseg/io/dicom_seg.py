@@ -79,12 +79,12 @@ def source_files(like: Image) -> list[Path]:
         if ds is None or "Rows" not in ds:
             raise ImageWriteError(f"DICOM-SEG needs labels drawn on a DICOM image, not on {path.name}: "
                                   "save as .nii.gz or .seg.nrrd instead")
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise ImageWriteError(f"DICOM-SEG for multi-frame sources ({path.name}) is not supported yet")
+        frames = int(ds.get("NumberOfFrames", 1) or 1)  # Enhanced (multi-frame) images: one file, many frames
         shape = like.spatial_shape if like.ndim == 3 else (1, *like.spatial_shape)
-        if shape != (1, int(ds.Rows), int(ds.Columns)):
+        if shape != (frames, int(ds.Rows), int(ds.Columns)):
             raise ImageWriteError(f"The labels' grid {like.spatial_shape} is not {path.name}'s "
-                                  f"{int(ds.Rows)} x {int(ds.Columns)} pixels")
+                                  + (f"{frames} frames of " if frames > 1 else "")
+                                  + f"{int(ds.Rows)} x {int(ds.Columns)} pixels")
         return [path]
     stacks = scan_folder(path, None, None)
     key = like.metadata.get("series_key")
@@ -97,10 +97,12 @@ def source_files(like: Image) -> list[Path]:
     candidates = []
     for info, slices in stacks:
         first = slices[0]
-        if (key is not None and info.key != key) or (len(slices), *first.shape[:2]) != shape:
+        frames = first.shape[2] if first.shape[2] > 1 else len(slices)  # a multi-frame file is a stack by itself
+        if (key is not None and info.key != key) or (frames, *first.shape[:2]) != shape:
             continue
-        if origin is None or first.position is not None and np.allclose(first.position, origin,
-                                                                         atol=_POSITION_TOLERANCE_MM):
+        # a multi-frame file's positions are per frame (checked when its frames are matched to the slices)
+        if origin is None or first.shape[2] > 1 or first.position is not None and np.allclose(
+                first.position, origin, atol=_POSITION_TOLERANCE_MM):
             candidates.append(list(info.files))
     if len(candidates) == 1 or candidates and origin is not None:
         return candidates[0]
@@ -124,6 +126,28 @@ def on_source_slices(labels: np.ndarray, like: Image) -> np.ndarray:
         c = np.floor(np.arange(columns) + column + 0.5).astype(int).clip(0, labels.shape[2] - 1)
         planes.append(labels[k][np.ix_(r, c)])
     return np.stack(planes)
+
+
+def frame_order(source, like: Image) -> np.ndarray:
+    """For a multi-frame (Enhanced) source: the slice of `like` (z index) that each frame lies on, from the frames'
+    PlanePositionSequence; a one-line error when the frames are not `like`'s slices."""
+    shared = source.get("SharedFunctionalGroupsSequence", [None])[0]
+    positions = []
+    for item in source.get("PerFrameFunctionalGroupsSequence", []):
+        plane = item.get("PlanePositionSequence") or (shared.get("PlanePositionSequence") if shared else None)
+        if not plane:
+            raise ImageWriteError(f"The frames of {like.path.name} have no positions (PlanePositionSequence), so "
+                                  "a DICOM-SEG cannot be placed on them")
+        positions.append([float(v) for v in plane[0].ImagePositionPatient])
+    steps = like.direction @ np.diag(like.spacing)
+    index = np.linalg.solve(steps, (np.array(positions) - np.array(like.origin)).T).T  # (x, y, z) voxel units
+    order = np.round(index[:, 2]).astype(int)
+    spacing = np.array(like.spacing)
+    if (len(order) != like.spatial_shape[0] or sorted(order) != list(range(len(order)))
+            or (np.abs(index - np.c_[np.zeros((len(order), 2)), order]) * spacing).max() > _POSITION_TOLERANCE_MM):
+        raise ImageWriteError(f"The frames of {like.path.name} are not the labels' slices: DICOM-SEG must lie on its "
+                              "source frames")
+    return order
 
 
 def _segment_description(number: int, segment: Segment):
@@ -197,6 +221,8 @@ def write_dicom_seg(labels: np.ndarray, like: Image, path: Path, segments: list[
     lookup[[s.value for s in segments]] = np.arange(1, len(segments) + 1)
     numbers = lookup[on_source_slices(labels, like)]
     first = sources[0]
+    if int(first.get("NumberOfFrames", 1) or 1) > 1:  # Enhanced source: one SEG frame per source frame, in its order
+        numbers = numbers[frame_order(first, like)]
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=numbers,

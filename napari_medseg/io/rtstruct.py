@@ -65,6 +65,17 @@ def _item(**fields):
     return ds
 
 
+def check_source(like: Image) -> None:
+    """`like` is a series of single-frame DICOM images (one line otherwise, before any slow work)."""
+    from .dicom_seg import source_files
+    from .dicom_series import read_header
+
+    files = source_files(like)
+    if len(files) == 1 and int(read_header(files[0]).get("NumberOfFrames", 1) or 1) > 1:
+        raise ImageWriteError(f"RTSTRUCT is written for series of single-frame images, and {files[0].name} is an "
+                              "Enhanced (multi-frame) image: save as DICOM-SEG (.dcm) instead")
+
+
 def write_rtstruct(labels: np.ndarray, like: Image, path: Path, segments: list[Segment]) -> None:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -73,6 +84,7 @@ def write_rtstruct(labels: np.ndarray, like: Image, path: Path, segments: list[S
     from .dicom_seg import check_segments, on_source_slices, save_checked, source_headers
 
     check_segments(segments, "BINARY")
+    check_source(like)
     sources = source_headers(like)
     first = sources[0]
     if "FrameOfReferenceUID" not in first:

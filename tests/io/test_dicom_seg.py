@@ -247,3 +247,34 @@ def test_tilted_source_written_back_on_its_tilted_slices(tilted_series, tmp_path
         nearest = np.round(where).astype(int)
         assert np.abs(where - nearest)[:, 0].max() < 1e-3 and np.abs(where - nearest).max() <= 0.5 + 1e-6
         np.testing.assert_array_equal(frame.ravel(), labels[tuple(nearest.T)])
+
+
+@pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])
+def test_enhanced_multiframe_source(enhanced_mr, tmp_path, seg_type):
+    """A DICOM-SEG on an Enhanced (multi-frame) MR references the source's frames (ReferencedFrameNumber) and lands
+    on their voxels; an RTSTRUCT for it is refused in one line."""
+    import pydicom
+
+    source = enhanced_mr(tmp_path / "emr" / "enhanced.dcm")
+    image = read_image(source)
+    labels = blobs(image.spatial_shape)
+    out = write_labels(labels, image, tmp_path / "seg.dcm", NAMES, dicom_seg_type=seg_type)
+    check_world_positions(out, image, labels)
+    frames = pydicom.dcmread(source).PerFrameFunctionalGroupsSequence
+    seg = pydicom.dcmread(out)
+    assert [str(i.ReferencedSOPInstanceUID) for s in seg.ReferencedSeriesSequence for i in s.ReferencedInstanceSequence] \
+        == [str(pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID)]
+    referenced = []
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        number = int(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+        np.testing.assert_allclose(np.array(item.PlanePositionSequence[0].ImagePositionPatient, float),
+                                   np.array(frames[number - 1].PlanePositionSequence[0].ImagePositionPatient, float),
+                                   atol=1e-3)
+        referenced.append(number)
+    assert set(referenced) == set(range(1, len(frames) + 1))  # every frame holds a segment
+    if seg_type == "BINARY" and shutil.which("dciodvfy"):
+        report = subprocess.run(["dciodvfy", str(out)], capture_output=True, text=True, timeout=60)
+        assert [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")] == []
+    with pytest.raises(ImageWriteError, match="Enhanced .multi-frame. image: save as DICOM-SEG") as caught:
+        write_labels(labels, image, tmp_path / "rt.dcm", NAMES, fmt="rtstruct")
+    assert "\n" not in str(caught.value) and not (tmp_path / "rt.dcm").exists()
