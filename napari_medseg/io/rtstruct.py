@@ -165,6 +165,34 @@ def _to_patient(source, outline: np.ndarray) -> np.ndarray:
             + np.outer(outline[:, 0] * row_spacing, orientation[3:]))
 
 
+def referenced_image(path: Path, *, progress=None, cancel=None) -> Image:
+    """The DICOM series an RTSTRUCT's contours were drawn on (its RTReferencedSeriesSequence), found in the
+    RTSTRUCT's folder or the folder above it (exports put them side by side or in sibling folders)."""
+    import pydicom
+
+    from .dicom_series import scan_folder
+    from .read import read_image
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        uids = [str(series.SeriesInstanceUID) for frame in ds.ReferencedFrameOfReferenceSequence
+                for study in frame.RTReferencedStudySequence for series in study.RTReferencedSeriesSequence]
+    except Exception as exc:  # pydicom raises many types for damaged files; missing sequences: AttributeError
+        raise ImageReadError(f"RTSTRUCT {path.name} names no image series it was drawn on "
+                             f"({(str(exc).splitlines() or [type(exc).__name__])[0]})") from None
+    for folder in (path.parent, path.parent.parent):
+        try:
+            stacks = scan_folder(folder, progress, cancel)
+        except ImageReadError:  # no images there
+            continue
+        keys = [info.key for info, _ in stacks if info.uid in uids]
+        if keys:
+            return read_image(folder, keys[0], progress=progress, cancel=cancel)
+    raise ImageReadError(f"The series RTSTRUCT {path.name} was drawn on ({', '.join(uids)}) is not in "
+                         f"{path.parent} or the folder above: open that series and use 'medseg convert {path.name} "
+                         "--like SERIES'")
+
+
 def read_rtstruct_onto(path: Path, like: Image) -> Image:
     """The RTSTRUCT's ROIs filled on `like`'s grid: values = ROI order 1..N, with names and colours."""
     import pydicom
