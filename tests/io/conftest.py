@@ -169,6 +169,23 @@ def tilted_series():
     return write_tilted_series
 
 
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The error lines dciodvfy (Debian package dicom3tools) reports for a written DICOM file; [] where it is not
+    installed. Its 2022 release predates the LABELMAP IOD: check BINARY SEG and RTSTRUCT files only."""
+    import shutil
+    import subprocess
+
+    if shutil.which("dciodvfy") is None:
+        return []
+    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.fixture
+def dciodvfy():
+    return dciodvfy_errors
+
+
 @pytest.fixture
 def dicom_slice():
     return write_dicom_slice

@@ -137,7 +137,7 @@ def test_bad_requests_are_one_line_and_write_nothing(tmp_path, make_nifti, pydic
     assert list(out.iterdir()) == []
 
 
-def test_segments_carry_the_class_tables_codes(tmp_path, dicom_series):
+def test_segments_carry_the_class_tables_codes(tmp_path, dicom_series, dciodvfy):
     """Known names get their SNOMED-CT codes (laterality as type modifier), unknown ones the generic Tissue."""
     import pydicom
 
@@ -146,6 +146,7 @@ def test_segments_carry_the_class_tables_codes(tmp_path, dicom_series):
     for value in (1, 2, 3, 4):
         labels[value - 1, 2:6, 2:6] = value
     out = write_labels(labels, image, tmp_path / "seg.dcm", {1: "liver", 2: "spleen", 3: "kidney_left", 4: "my lesion"})
+    assert dciodvfy(out) == []  # the type modifier and region sequences where DICOM wants them
     items = pydicom.dcmread(out).SegmentSequence
 
     def code(item):

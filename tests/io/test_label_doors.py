@@ -187,7 +187,7 @@ def test_npe2_save_picks_the_dicom_seg_writer_by_extension(tmp_path, pydicom_fil
     assert not (tmp_path / "other.dcm").exists()
 
 
-def test_rtstruct_through_napari_reader_and_writer(tmp_path, dicom_series):
+def test_rtstruct_through_napari_reader_and_writer(tmp_path, dicom_series, dciodvfy):
     """Save Selected Layers offers an RTSTRUCT writer for .dcm beside DICOM-SEG; napari's reader opens that RTSTRUCT
     (its series found in the folder above) as a labels layer with names and colours, on the series' grid."""
     npe2 = pytest.importorskip("npe2")
@@ -213,7 +213,7 @@ def test_rtstruct_through_napari_reader_and_writer(tmp_path, dicom_series):
     assert layers.save(str(out), _writer=writers["napari-medseg.write_rtstruct"]) == [str(out)]
     import pydicom
 
-    assert pydicom.dcmread(out).Modality == "RTSTRUCT"
+    assert pydicom.dcmread(out).Modality == "RTSTRUCT" and dciodvfy(out) == []
 
     [(data, kwargs, kind)] = npe2.read([str(out)], stack=False, plugin_name="napari-medseg")
     assert kind == "labels" and kwargs["name"] == "structures.dcm"
