@@ -69,16 +69,16 @@ def _read_stack(slices: list[Slice], what: str, progress, cancel) -> Image:
     if offsets is not None:
         moved = np.array(slices[-1].position) - first.position
         degrees = float(np.degrees(np.arctan2(np.linalg.norm(moved - (moved @ normal) * normal), moved @ normal)))
-        image = _untilt(image, offsets, degrees)
+        image = untilt(image, offsets, degrees)
     return _finish(image, first)
 
 
-def _untilt(image: Image, offsets: np.ndarray, degrees: float) -> Image:
+def untilt(image: Image, offsets: np.ndarray, degrees: float, labels: bool = False) -> Image:
     """A gantry-tilted stack (slice k's pixels shifted in-plane by `offsets[k]` (row, column) pixels from
     slice 0's) resampled onto an orthogonal grid, as dcm2niix's `_Tilt` output: slice 0's in-plane axes and
-    spacing, extended by whole pixels so that every slice's pixels fit, linear interpolation, the volume's
-    minimum outside the slices. metadata["gantry_tilt"] keeps where each source slice lies on that grid, so
-    that DICOM-SEG and RTSTRUCT are written back on the tilted source slices."""
+    spacing, extended by whole pixels so that every slice's pixels fit, linear interpolation (`labels`: the
+    nearest label), the volume's minimum outside the slices. metadata["gantry_tilt"] keeps where each source
+    slice lies on that grid, so that DICOM-SEG and RTSTRUCT are written back on the tilted source slices."""
     from scipy.ndimage import map_coordinates
 
     low = np.floor(np.minimum(offsets.min(axis=0), 0) + 1e-3).astype(int)
@@ -92,8 +92,8 @@ def _untilt(image: Image, offsets: np.ndarray, degrees: float) -> Image:
         coords = [grid[0] + low[0] - offset[0], grid[1] + low[1] - offset[1]]
         channels = plane[..., None] if plane.ndim == 2 else plane
         for c in range(channels.shape[-1]):
-            values = map_coordinates(channels[..., c].astype(np.float64), coords, order=1, mode="constant",
-                                     cval=float(fill))
+            values = map_coordinates(channels[..., c].astype(np.float64), coords, order=0 if labels else 1,
+                                     mode="constant", cval=float(fill))
             target = out[k, ..., c] if plane.ndim == 3 else out[k]
             target[...] = np.rint(values) if source.dtype.kind in "iu" else values
     origin = np.array(image.origin) + image.direction[:, :2] @ (np.array(image.spacing[:2]) * low[::-1])
@@ -103,8 +103,8 @@ def _untilt(image: Image, offsets: np.ndarray, degrees: float) -> Image:
                                      "offsets": (offsets - low).round(6).tolist()}
     image.metadata["warnings"].append(
         f"gantry tilt of {degrees:.1f} degrees corrected by resampling onto an orthogonal grid (slices of "
-        f"{shape[0]} x {shape[1]} pixels, were {rows} x {columns}; linear interpolation, {fill} outside the "
-        "slices, as dcm2niix)")
+        f"{shape[0]} x {shape[1]} pixels, were {rows} x {columns}; "
+        + ("nearest label" if labels else f"linear interpolation, {fill} outside the slices, as dcm2niix") + ")")
     return image.with_array(out, image.channel_axis, origin=tuple(origin))
 
 

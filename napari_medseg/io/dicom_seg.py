@@ -274,18 +274,20 @@ def read_dicom_seg(path: Path) -> Image:
 
     from ._sitk import image_from_sitk
 
+    tilted = None
     try:
         seg = hd.seg.segread(path)
         numbers = [int(n) for n in seg.segment_numbers]
-        volume = seg.get_volume(combine_segments=True, relabel=False,
-                                dtype=np.uint8 if max(numbers, default=0) <= 255 else np.uint16)
+        dtype = np.uint8 if max(numbers, default=0) <= 255 else np.uint16
+        volume = seg.get_volume(combine_segments=True, relabel=False, dtype=dtype)
     except Exception as exc:  # highdicom raises ValueError/RuntimeError/AttributeError for malformed SEGs
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "overlap" in reason:
             raise ImageReadError(f"Segments of {path.name} overlap, and a label map holds one label per voxel: "
                                  "open it in 3D Slicer, or split it into one SEG per segment") from None
-        raise ImageReadError(f"Cannot read DICOM-SEG {path.name}: {reason}") from None
-    img = _sitk_image(volume)
+        tilted = _tilted_frames(seg, dtype) if "regularly-spaced" in reason else None
+        if tilted is None:
+            raise ImageReadError(f"Cannot read DICOM-SEG {path.name}: {reason}") from None
     names, colors = {}, {}
     for number in numbers:
         description = seg.get_segment_description(number)
@@ -296,5 +298,56 @@ def read_dicom_seg(path: Path) -> Image:
     references = [str(item.SeriesInstanceUID) for item in seg.get("ReferencedSeriesSequence", [])]
     metadata = {"format": "dicom-seg", "warnings": [], "label_names": names, "label_colors": colors,
                 "segmentation_type": str(seg.SegmentationType), "referenced_series_uids": references,
-                "original_dtype": str(volume.dtype)}
-    return image_from_sitk(img, path.name, modality="SEG", metadata=metadata)
+                "original_dtype": np.dtype(dtype).name}
+    if tilted is not None:
+        metadata["warnings"] = tilted.metadata["warnings"]
+        tilted.metadata = {**tilted.metadata, **metadata}
+        tilted.modality = "SEG"
+        return tilted
+    return image_from_sitk(_sitk_image(volume), path.name, modality="SEG", metadata=metadata)
+
+
+def _tilted_frames(seg, dtype) -> Image | None:
+    """The label map of a SEG drawn on a gantry-tilted series (frames evenly spaced along their normal, BINARY's
+    empty ones omitted, shifted in-plane in proportion), on the orthogonal grid that the tilted series is read
+    onto (dicom.untilt, nearest label); None for frames that are not such a stack."""
+    from .dicom import untilt
+
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    cosines = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    row_spacing, column_spacing = (float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
+    row, column = cosines[:3], cosines[3:]
+    normal = np.cross(row, column)
+    frames = seg.PerFrameFunctionalGroupsSequence
+    positions = np.array([item.PlanePositionSequence[0].ImagePositionPatient for item in frames], float)
+    along = positions @ normal
+    levels = np.unique(np.round(along, 3))
+    if len(levels) < 2:
+        return None
+    step = float(np.diff(levels).min())
+    index = (along - levels[0]) / step
+    if np.abs(index - np.round(index)).max() > 0.01:
+        return None
+    index = np.round(index).astype(int)
+    first = positions[index == 0][0]
+    moved = positions - first
+    offsets = np.column_stack([moved @ column / row_spacing, moved @ row / column_spacing])  # (row, column) pixels
+    fit = np.polyfit(index, offsets, 1) if len(set(index)) > 1 else None  # a tilt shifts slices linearly
+    if fit is None or np.abs(np.polyval(fit[:, 0], index) - offsets[:, 0]).max() > 0.01 \
+            or np.abs(np.polyval(fit[:, 1], index) - offsets[:, 1]).max() > 0.01:
+        return None
+    count = index.max() + 1
+    every = np.column_stack([np.polyval(fit[:, 0], np.arange(count)), np.polyval(fit[:, 1], np.arange(count))])
+    every -= every[0]
+    pixels = seg.pixel_array.reshape(len(frames), int(seg.Rows), int(seg.Columns))
+    stack = np.zeros((count, *pixels.shape[1:]), dtype)
+    for k, item, plane in zip(index, frames, pixels):
+        if str(seg.SegmentationType) == "LABELMAP":  # frames hold segment numbers
+            stack[k] = plane
+        else:  # one bit-plane per segment and slice (the segment named per frame, or shared for one segment)
+            identification = item.get("SegmentIdentificationSequence") or shared.SegmentIdentificationSequence
+            stack[k][plane > 0] = int(identification[0].ReferencedSegmentNumber)
+    image = Image(stack, (column_spacing, row_spacing, step), tuple(first), np.column_stack([row, column, normal]),
+                  metadata={"warnings": []})
+    shift = np.linalg.norm(positions[index.argmax()] - first - (index.max() * step) * normal)
+    return untilt(image, every, float(np.degrees(np.arctan2(shift, index.max() * step))), labels=True)

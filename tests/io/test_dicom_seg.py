@@ -276,3 +276,23 @@ def test_enhanced_multiframe_source(enhanced_mr, tmp_path, seg_type, dciodvfy):
     with pytest.raises(ImageWriteError, match="Enhanced .multi-frame. image: save as DICOM-SEG") as caught:
         write_labels(labels, image, tmp_path / "rt.dcm", NAMES, fmt="rtstruct")
     assert "\n" not in str(caught.value) and not (tmp_path / "rt.dcm").exists()
+
+
+@pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])
+def test_seg_on_a_tilted_source_reads_back_on_the_corrected_grid(tilted_series, tmp_path, seg_type):
+    """A SEG written on a tilted series (sheared frames, which highdicom will not stack) is read onto the orthogonal
+    grid with the read warning, and `convert_labels` puts it back on the series' voxels unchanged."""
+    from napari_medseg.io import convert_labels
+
+    image = read_image(tilted_series(tmp_path / "tilted"))
+    labels = np.zeros(image.spatial_shape, np.uint8)
+    labels[1:7, 14:31, 5:21] = 1
+    labels[3:5, 33:40, 2:9] = 2
+    out = write_labels(labels, image, tmp_path / "seg.dcm", {1: "liver", 2: "spleen"}, dicom_seg_type=seg_type)
+    back = read_image(out)
+    assert any("gantry tilt of 15.0 degrees corrected by resampling" in w for w in back.metadata["warnings"])
+    assert back.metadata["label_names"] == {1: "liver", 2: "spleen"}
+    np.testing.assert_allclose(back.direction, image.direction, atol=1e-6)
+    np.testing.assert_allclose(back.spacing, image.spacing, atol=1e-4)
+    again = read_image(convert_labels(out, image, tmp_path / "back.nii.gz"))
+    np.testing.assert_array_equal(again.array, labels)
