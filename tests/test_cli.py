@@ -94,8 +94,17 @@ def _warned_inputs(folder):
         ds.InstanceNumber = index + 1
         ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.{index}"
         ds.save_as(series / f"IM{index:04d}")
+    tilted = folder / "tilt"  # a 15-degree gantry tilt: slices shifted along y as they advance in z
+    tilted.mkdir()
+    for index in range(4):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.ImagePositionPatient = [0.0, -index * 2.0 * np.tan(np.radians(15)), index * 2.0]
+        ds.InstanceNumber, ds.SOPInstanceUID = index + 1, f"{ds.SOPInstanceUID}.9{index}"
+        ds.SeriesInstanceUID = f"{ds.SeriesInstanceUID}.9"
+        ds.save_as(tilted / f"IM{index:04d}")
     return {"nan": "NaN/infinite voxels replaced", "shear": "sheared", "rgba": "transparency dropped",
-            "alpha": "alpha channel dropped", "two": "2 image series", "ct": "read stack"}
+            "alpha": "alpha channel dropped", "two": "2 image series", "ct": "read stack",
+            "tilt": "gantry tilt of 15.0 degrees corrected by resampling"}
 
 
 def _without_model(monkeypatch):

@@ -17,8 +17,9 @@ def placement(image: Image) -> dict:
     return {"affine": image.napari_affine}
 
 
-# what writers need beyond the grid: a single slice's 3-D place (NIfTI), the DICOM series (DICOM-SEG)
-_SOURCE_KEYS = ("slice_geometry", "series_key")
+# what writers need beyond the grid: a single slice's 3-D place (NIfTI), the DICOM series (DICOM-SEG), where a
+# gantry-tilted series' slices lie on the corrected grid (DICOM-SEG, RTSTRUCT)
+_SOURCE_KEYS = ("slice_geometry", "series_key", "gantry_tilt")
 
 
 def layer_metadata(image: Image, **extra) -> dict:

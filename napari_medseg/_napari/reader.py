@@ -23,16 +23,20 @@ def get_reader(path):
 
 
 def read_layers(path):
-    """Layer data for napari; a clear notification (not a traceback) when the file is bad."""
+    """Layer data for napari (an RTSTRUCT: a labels layer on its series); a clear notification (not a traceback)
+    when the file is bad."""
     from napari.utils.notifications import show_error
 
     from ..errors import MedsegError
     from ..io import read_image
+    from ..io.rtstruct import is_rtstruct
     from .layers import image_layer_data, labels_layer_data
 
     if isinstance(path, list):
         path = path[0]
     try:
+        if Path(path).is_file() and is_rtstruct(Path(path)):
+            return [_rtstruct_layer(Path(path))]
         image = read_image(path)
     except MedsegError as exc:
         show_error(str(exc))
@@ -40,3 +44,22 @@ def read_layers(path):
     if image.metadata.get("format") == "dicom-seg" or Path(path).name.lower().endswith(".seg.nrrd"):
         return [labels_layer_data(image)]
     return [image_layer_data(image)]
+
+
+def _rtstruct_layer(path: Path) -> tuple:
+    """An RTSTRUCT filled on the series it was drawn on (found next to it) as a labels layer with its ROI names and
+    colours, placed and remembered on that series, so that it overlays the series and saves back onto it."""
+    from napari.utils.notifications import show_warning
+
+    from ..io.rtstruct import read_rtstruct_onto, referenced_image
+    from .layers import labels_layer_data
+
+    series = referenced_image(path)
+    contours = read_rtstruct_onto(path, series)
+    for warning in contours.metadata["warnings"]:
+        show_warning(f"{path.name}: {warning}")
+    labels = series.with_array(contours.array, metadata={**series.metadata, **{
+        key: contours.metadata[key] for key in ("label_names", "label_colors")}})
+    data, kwargs, kind = labels_layer_data(labels)
+    kwargs["name"] = path.name
+    return data, kwargs, kind

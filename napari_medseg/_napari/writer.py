@@ -1,11 +1,16 @@
 """npe2 writer: a labels layer saved in its source image's exact geometry, names and colours kept.
 
-The file name picks the format: .dcm is a DICOM-SEG (the layer's source must be DICOM), .seg.nrrd a
-3D Slicer segmentation, .nii.gz NIfTI with a label table, ..."""
+The file name picks the format: .dcm is a DICOM-SEG (the layer's source must be DICOM; the RTSTRUCT writer
+contribution writes an RTSTRUCT instead), .seg.nrrd a 3D Slicer segmentation, .nii.gz NIfTI with a label table, ..."""
 from __future__ import annotations
 
 
-def write_labels_layer(path: str, data, attributes: dict) -> list[str]:
+def write_rtstruct_layer(path: str, data, attributes: dict) -> list[str]:
+    """The RTSTRUCT writer contribution (.dcm names DICOM-SEG otherwise)."""
+    return write_labels_layer(path, data, attributes, fmt="rtstruct")
+
+
+def write_labels_layer(path: str, data, attributes: dict, fmt: str | None = None) -> list[str]:
     import numpy as np
 
     from ..io import write_labels
@@ -17,7 +22,8 @@ def write_labels_layer(path: str, data, attributes: dict) -> list[str]:
     info = metadata.get(META_KEY, {})
     names = {int(k): v for k, v in (info.get("label_names") or {}).items()}
     colors = {int(k): v for k, v in (info.get("label_colors") or {}).items()}
-    written = [str(write_labels(data, like, path, label_names=names or None, label_colors=colors or None))]
+    written = [str(write_labels(data, like, path, label_names=names or None, label_colors=colors or None,
+                                fmt=fmt))]
     from .recovery import note_saved
 
     note_saved(data)  # the layer is in a file now: no recovery copy needed

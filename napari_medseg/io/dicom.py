@@ -49,6 +49,7 @@ def _read_stack(slices: list[Slice], what: str, progress, cancel) -> Image:
     img = execute(reader, what, progress, cancel)
     first = slices[0]
     warnings = []
+    offsets = None
     if first.position is not None:
         row, col, normal = np.array(first.orientation[:3]), np.array(first.orientation[3:]), first.normal
         steps = np.diff([s.position for s in slices], axis=0)
@@ -56,14 +57,55 @@ def _read_stack(slices: list[Slice], what: str, progress, cancel) -> Image:
         # ITK keeps the slice normal as third axis; a tilted gantry also shifts slices in-plane
         shift = np.linalg.norm(steps - np.outer(along, normal), axis=1).max()
         if shift > 0.01 * max(float(np.median(along)), 1e-6) + 0.01:
-            warnings.append(f"slices are sheared (gantry tilt? in-plane shift up to {shift:.2f} mm); "
-                            "geometry ignores the shear")
+            spacing = img.GetSpacing()
+            moved = np.array([s.position for s in slices]) - first.position
+            offsets = np.column_stack([moved @ col / spacing[1], moved @ row / spacing[0]])  # (row, column) pixels
         img.SetOrigin(tuple(first.position))
         img.SetDirection(tuple(np.column_stack([row, col, normal]).ravel()))
         img.SetSpacing(img.GetSpacing()[:2] + (float(np.median(along)),))
     else:
         warnings.append("no slice positions in the headers: slices stacked in InstanceNumber order")
-    return _finish(image_from_sitk(img, what, metadata={"format": "dicom", "warnings": warnings}), first)
+    image = image_from_sitk(img, what, metadata={"format": "dicom", "warnings": warnings})
+    if offsets is not None:
+        moved = np.array(slices[-1].position) - first.position
+        degrees = float(np.degrees(np.arctan2(np.linalg.norm(moved - (moved @ normal) * normal), moved @ normal)))
+        image = untilt(image, offsets, degrees)
+    return _finish(image, first)
+
+
+def untilt(image: Image, offsets: np.ndarray, degrees: float, labels: bool = False) -> Image:
+    """A gantry-tilted stack (slice k's pixels shifted in-plane by `offsets[k]` (row, column) pixels from
+    slice 0's) resampled onto an orthogonal grid, as dcm2niix's `_Tilt` output: slice 0's in-plane axes and
+    spacing, extended by whole pixels so that every slice's pixels fit, linear interpolation (`labels`: the
+    nearest label), the volume's minimum outside the slices. metadata["gantry_tilt"] keeps where each source
+    slice lies on that grid, so that DICOM-SEG and RTSTRUCT are written back on the tilted source slices."""
+    from scipy.ndimage import map_coordinates
+
+    low = np.floor(np.minimum(offsets.min(axis=0), 0) + 1e-3).astype(int)
+    high = np.ceil(np.maximum(offsets.max(axis=0), 0) - 1e-3).astype(int)
+    source = image.array
+    shape = np.array(source.shape[1:3]) + high - low
+    fill = source.min()
+    grid = np.indices(tuple(shape), dtype=np.float64)
+    out = np.empty((source.shape[0], *shape, *source.shape[3:]), source.dtype)
+    for k, (plane, offset) in enumerate(zip(source, offsets)):
+        coords = [grid[0] + low[0] - offset[0], grid[1] + low[1] - offset[1]]
+        channels = plane[..., None] if plane.ndim == 2 else plane
+        for c in range(channels.shape[-1]):
+            values = map_coordinates(channels[..., c].astype(np.float64), coords, order=0 if labels else 1,
+                                     mode="constant", cval=float(fill))
+            target = out[k, ..., c] if plane.ndim == 3 else out[k]
+            target[...] = np.rint(values) if source.dtype.kind in "iu" else values
+    origin = np.array(image.origin) + image.direction[:, :2] @ (np.array(image.spacing[:2]) * low[::-1])
+    rows, columns = source.shape[1:3]
+    image.metadata["gantry_tilt"] = {"degrees": round(degrees, 4), "source_shape": list(source.shape[:3]),
+                                     "source_origin": list(image.origin),
+                                     "offsets": (offsets - low).round(6).tolist()}
+    image.metadata["warnings"].append(
+        f"gantry tilt of {degrees:.1f} degrees corrected by resampling onto an orthogonal grid (slices of "
+        f"{shape[0]} x {shape[1]} pixels, were {rows} x {columns}; "
+        + ("nearest label" if labels else f"linear interpolation, {fill} outside the slices, as dcm2niix") + ")")
+    return image.with_array(out, image.channel_axis, origin=tuple(origin))
 
 
 def _finish(image: Image, first: Slice) -> Image:

@@ -79,25 +79,30 @@ def source_files(like: Image) -> list[Path]:
         if ds is None or "Rows" not in ds:
             raise ImageWriteError(f"DICOM-SEG needs labels drawn on a DICOM image, not on {path.name}: "
                                   "save as .nii.gz or .seg.nrrd instead")
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise ImageWriteError(f"DICOM-SEG for multi-frame sources ({path.name}) is not supported yet")
+        frames = int(ds.get("NumberOfFrames", 1) or 1)  # Enhanced (multi-frame) images: one file, many frames
         shape = like.spatial_shape if like.ndim == 3 else (1, *like.spatial_shape)
-        if shape != (1, int(ds.Rows), int(ds.Columns)):
+        if shape != (frames, int(ds.Rows), int(ds.Columns)):
             raise ImageWriteError(f"The labels' grid {like.spatial_shape} is not {path.name}'s "
-                                  f"{int(ds.Rows)} x {int(ds.Columns)} pixels")
+                                  + (f"{frames} frames of " if frames > 1 else "")
+                                  + f"{int(ds.Rows)} x {int(ds.Columns)} pixels")
         return [path]
     stacks = scan_folder(path, None, None)
     key = like.metadata.get("series_key")
     shape = like.spatial_shape if like.ndim == 3 else (1, *like.spatial_shape)
     # where the first slice lies: a volume's origin; a single slice's 3-D origin when it was read here
     origin = like.origin if like.ndim == 3 else like.metadata.get("slice_geometry", {}).get("origin")
+    tilt = like.metadata.get("gantry_tilt")
+    if tilt:  # labels on the tilt-corrected grid: the source is the tilted stack
+        shape, origin = tuple(tilt["source_shape"]), tilt["source_origin"]
     candidates = []
     for info, slices in stacks:
         first = slices[0]
-        if (key is not None and info.key != key) or (len(slices), *first.shape[:2]) != shape:
+        frames = first.shape[2] if first.shape[2] > 1 else len(slices)  # a multi-frame file is a stack by itself
+        if (key is not None and info.key != key) or (frames, *first.shape[:2]) != shape:
             continue
-        if origin is None or first.position is not None and np.allclose(first.position, origin,
-                                                                         atol=_POSITION_TOLERANCE_MM):
+        # a multi-frame file's positions are per frame (checked when its frames are matched to the slices)
+        if origin is None or first.shape[2] > 1 or first.position is not None and np.allclose(
+                first.position, origin, atol=_POSITION_TOLERANCE_MM):
             candidates.append(list(info.files))
     if len(candidates) == 1 or candidates and origin is not None:
         return candidates[0]
@@ -105,6 +110,44 @@ def source_files(like: Image) -> list[Path]:
                           + (f" at origin {tuple(round(o, 2) for o in origin)}" if origin is not None else
                              " (several slices of that size: open the DICOM file itself)")
                           + ": DICOM-SEG must lie on its source slices")
+
+
+def on_source_slices(labels: np.ndarray, like: Image) -> np.ndarray:
+    """`labels` (on `like`'s grid) as (slices, rows, columns) on the DICOM source slices: for a gantry-tilted
+    series read onto an orthogonal grid, each tilted slice's pixels take the nearest grid voxel's label."""
+    tilt = like.metadata.get("gantry_tilt")
+    if not tilt:
+        return labels.reshape(-1, *labels.shape[-2:])
+    count, rows, columns = tilt["source_shape"]
+    planes = []
+    for k, (row, column) in enumerate(tilt["offsets"]):
+        # round half up, as the nearest voxel centre; offsets put every source pixel on the grid
+        r = np.floor(np.arange(rows) + row + 0.5).astype(int).clip(0, labels.shape[1] - 1)
+        c = np.floor(np.arange(columns) + column + 0.5).astype(int).clip(0, labels.shape[2] - 1)
+        planes.append(labels[k][np.ix_(r, c)])
+    return np.stack(planes)
+
+
+def frame_order(source, like: Image) -> np.ndarray:
+    """For a multi-frame (Enhanced) source: the slice of `like` (z index) that each frame lies on, from the frames'
+    PlanePositionSequence; a one-line error when the frames are not `like`'s slices."""
+    shared = source.get("SharedFunctionalGroupsSequence", [None])[0]
+    positions = []
+    for item in source.get("PerFrameFunctionalGroupsSequence", []):
+        plane = item.get("PlanePositionSequence") or (shared.get("PlanePositionSequence") if shared else None)
+        if not plane:
+            raise ImageWriteError(f"The frames of {like.path.name} have no positions (PlanePositionSequence), so "
+                                  "a DICOM-SEG cannot be placed on them")
+        positions.append([float(v) for v in plane[0].ImagePositionPatient])
+    steps = like.direction @ np.diag(like.spacing)
+    index = np.linalg.solve(steps, (np.array(positions) - np.array(like.origin)).T).T  # (x, y, z) voxel units
+    order = np.round(index[:, 2]).astype(int)
+    spacing = np.array(like.spacing)
+    if (len(order) != like.spatial_shape[0] or sorted(order) != list(range(len(order)))
+            or (np.abs(index - np.c_[np.zeros((len(order), 2)), order]) * spacing).max() > _POSITION_TOLERANCE_MM):
+        raise ImageWriteError(f"The frames of {like.path.name} are not the labels' slices: DICOM-SEG must lie on its "
+                              "source frames")
+    return order
 
 
 def _segment_description(number: int, segment: Segment):
@@ -116,7 +159,8 @@ def _segment_description(number: int, segment: Segment):
     def coded(code):
         return hd.sr.CodedConcept(value=code[1], scheme_designator=code[0], meaning=code[2])
 
-    return hd.seg.SegmentDescription(
+    region = segment.code("region")
+    description = hd.seg.SegmentDescription(
         segment_number=number,
         segment_label=segment.name[:64],
         segmented_property_category=coded(segment.category),
@@ -126,8 +170,16 @@ def _segment_description(number: int, segment: Segment):
             name="napari-medseg", family=codes.cid7162.ArtificialIntelligence, version=__version__),
         tracking_id=f"label {segment.value}",
         tracking_uid=hd.UID(),
+        anatomic_regions=[coded(region)] if region else None,
         display_color=hd.color.CIELabColor.from_rgb(*segment.color),
     )
+    # laterality (left/right kidney, ...): modifiers live inside the type's and the region's code items
+    for sequence, field, keyword in (("SegmentedPropertyTypeCodeSequence", "modifier",
+                                      "SegmentedPropertyTypeModifierCodeSequence"),
+                                     ("AnatomicRegionSequence", "region_modifier", "AnatomicRegionModifierSequence")):
+        if segment.code(field):
+            setattr(getattr(description, sequence)[0], keyword, [coded(segment.code(field))])
+    return description
 
 
 # Patient and study attributes a SEG must carry (type 2: present, may be empty); highdicom copies them from
@@ -167,8 +219,10 @@ def write_dicom_seg(labels: np.ndarray, like: Image, path: Path, segments: list[
                               "save as .nii.gz or .seg.nrrd instead")
     lookup = np.zeros(int(labels.max()) + 1, np.uint8)
     lookup[[s.value for s in segments]] = np.arange(1, len(segments) + 1)
-    numbers = lookup[labels].reshape(len(sources), *labels.shape[-2:])
+    numbers = lookup[on_source_slices(labels, like)]
     first = sources[0]
+    if int(first.get("NumberOfFrames", 1) or 1) > 1:  # Enhanced source: one SEG frame per source frame, in its order
+        numbers = numbers[frame_order(first, like)]
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=numbers,
@@ -220,18 +274,20 @@ def read_dicom_seg(path: Path) -> Image:
 
     from ._sitk import image_from_sitk
 
+    tilted = None
     try:
         seg = hd.seg.segread(path)
         numbers = [int(n) for n in seg.segment_numbers]
-        volume = seg.get_volume(combine_segments=True, relabel=False,
-                                dtype=np.uint8 if max(numbers, default=0) <= 255 else np.uint16)
+        dtype = np.uint8 if max(numbers, default=0) <= 255 else np.uint16
+        volume = seg.get_volume(combine_segments=True, relabel=False, dtype=dtype)
     except Exception as exc:  # highdicom raises ValueError/RuntimeError/AttributeError for malformed SEGs
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "overlap" in reason:
             raise ImageReadError(f"Segments of {path.name} overlap, and a label map holds one label per voxel: "
                                  "open it in 3D Slicer, or split it into one SEG per segment") from None
-        raise ImageReadError(f"Cannot read DICOM-SEG {path.name}: {reason}") from None
-    img = _sitk_image(volume)
+        tilted = _tilted_frames(seg, dtype) if "regularly-spaced" in reason else None
+        if tilted is None:
+            raise ImageReadError(f"Cannot read DICOM-SEG {path.name}: {reason}") from None
     names, colors = {}, {}
     for number in numbers:
         description = seg.get_segment_description(number)
@@ -242,5 +298,56 @@ def read_dicom_seg(path: Path) -> Image:
     references = [str(item.SeriesInstanceUID) for item in seg.get("ReferencedSeriesSequence", [])]
     metadata = {"format": "dicom-seg", "warnings": [], "label_names": names, "label_colors": colors,
                 "segmentation_type": str(seg.SegmentationType), "referenced_series_uids": references,
-                "original_dtype": str(volume.dtype)}
-    return image_from_sitk(img, path.name, modality="SEG", metadata=metadata)
+                "original_dtype": np.dtype(dtype).name}
+    if tilted is not None:
+        metadata["warnings"] = tilted.metadata["warnings"]
+        tilted.metadata = {**tilted.metadata, **metadata}
+        tilted.modality = "SEG"
+        return tilted
+    return image_from_sitk(_sitk_image(volume), path.name, modality="SEG", metadata=metadata)
+
+
+def _tilted_frames(seg, dtype) -> Image | None:
+    """The label map of a SEG drawn on a gantry-tilted series (frames evenly spaced along their normal, BINARY's
+    empty ones omitted, shifted in-plane in proportion), on the orthogonal grid that the tilted series is read
+    onto (dicom.untilt, nearest label); None for frames that are not such a stack."""
+    from .dicom import untilt
+
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    cosines = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    row_spacing, column_spacing = (float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
+    row, column = cosines[:3], cosines[3:]
+    normal = np.cross(row, column)
+    frames = seg.PerFrameFunctionalGroupsSequence
+    positions = np.array([item.PlanePositionSequence[0].ImagePositionPatient for item in frames], float)
+    along = positions @ normal
+    levels = np.unique(np.round(along, 3))
+    if len(levels) < 2:
+        return None
+    step = float(np.diff(levels).min())
+    index = (along - levels[0]) / step
+    if np.abs(index - np.round(index)).max() > 0.01:
+        return None
+    index = np.round(index).astype(int)
+    first = positions[index == 0][0]
+    moved = positions - first
+    offsets = np.column_stack([moved @ column / row_spacing, moved @ row / column_spacing])  # (row, column) pixels
+    fit = np.polyfit(index, offsets, 1) if len(set(index)) > 1 else None  # a tilt shifts slices linearly
+    if fit is None or np.abs(np.polyval(fit[:, 0], index) - offsets[:, 0]).max() > 0.01 \
+            or np.abs(np.polyval(fit[:, 1], index) - offsets[:, 1]).max() > 0.01:
+        return None
+    count = index.max() + 1
+    every = np.column_stack([np.polyval(fit[:, 0], np.arange(count)), np.polyval(fit[:, 1], np.arange(count))])
+    every -= every[0]
+    pixels = seg.pixel_array.reshape(len(frames), int(seg.Rows), int(seg.Columns))
+    stack = np.zeros((count, *pixels.shape[1:]), dtype)
+    for k, item, plane in zip(index, frames, pixels):
+        if str(seg.SegmentationType) == "LABELMAP":  # frames hold segment numbers
+            stack[k] = plane
+        else:  # one bit-plane per segment and slice (the segment named per frame, or shared for one segment)
+            identification = item.get("SegmentIdentificationSequence") or shared.SegmentIdentificationSequence
+            stack[k][plane > 0] = int(identification[0].ReferencedSegmentNumber)
+    image = Image(stack, (column_spacing, row_spacing, step), tuple(first), np.column_stack([row, column, normal]),
+                  metadata={"warnings": []})
+    shift = np.linalg.norm(positions[index.argmax()] - first - (index.max() * step) * normal)
+    return untilt(image, every, float(np.degrees(np.arctan2(shift, index.max() * step))), labels=True)

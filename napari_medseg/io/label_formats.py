@@ -50,10 +50,14 @@ def check_target(like, path: str | Path, fmt: str | None = None) -> str:
     """Refuse, in one line and before any slow work, labels on `like` that cannot be written at `path`
     (unknown suffix, a DICOM-SEG without a DICOM source, 3-D PNG, 2-D seg.nrrd); returns the format."""
     chosen = require_format(path, fmt)
-    if chosen in ("dicom-seg", "rtstruct"):
+    if chosen == "dicom-seg":
         from .dicom_seg import source_files
 
         source_files(like)
+    elif chosen == "rtstruct":
+        from .rtstruct import check_source
+
+        check_source(like)
     elif chosen == "seg-nrrd":
         from .seg_nrrd import check_like
 

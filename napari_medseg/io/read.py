@@ -5,14 +5,16 @@ metadata keys: "format" (nifti, nrrd, metaimage, dicom, tiff, png, jpeg, bmp), "
 header or our JSON sidecar has them), "label_colors" ({value: (r, g, b)} 0-255, from a seg.nrrd, a NIfTI
 label table or a DICOM-SEG) and per format: DICOM-SEG (format "dicom-seg": a label map of segment
 numbers) "segmentation_type", "referenced_series_uids"; DICOM "series_uid", "series_key",
-"series_description", "series_number", "num_files", "slice_geometry" (single slices);
+"series_description", "series_number", "num_files", "slice_geometry" (single slices), "gantry_tilt"
+(a tilted series resampled onto an orthogonal grid: degrees, the source slices' shape, origin and offsets);
 TIFF "axes", "format_detail" (ome/imagej), "physical_size" ({axis: [value, unit]}), "channel_names";
 NIfTI/NRRD/MetaImage "fourth_axis" when a short 4th axis was read as channels.
 
 Decisions: non-finite voxels (NaN, inf) are replaced by the lowest finite value, with a warning
 (models and napari's contrast limits fail on NaN; an image that is all NaN is refused). A 4th axis
 of up to 4 volumes is read as channels, longer ones (time series) are refused. Sheared grids are
-refused, except a NIfTI whose sheared sform comes with a valid qform (read with the qform, warned).
+refused, except a NIfTI whose sheared sform comes with a valid qform (read with the qform, warned), and a
+gantry-tilted DICOM series, resampled onto an orthogonal grid as dcm2niix does (warned).
 Before any reader allocates pixel memory, the size a header declares is checked against the data
 present (compressed streams decompressed in bounded memory, checksums verified) and the memory
 available (`declared.py`). Bilevel (bool) images are read as uint8.

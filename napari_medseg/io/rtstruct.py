@@ -65,19 +65,31 @@ def _item(**fields):
     return ds
 
 
+def check_source(like: Image) -> None:
+    """`like` is a series of single-frame DICOM images (one line otherwise, before any slow work)."""
+    from .dicom_seg import source_files
+    from .dicom_series import read_header
+
+    files = source_files(like)
+    if len(files) == 1 and int(read_header(files[0]).get("NumberOfFrames", 1) or 1) > 1:
+        raise ImageWriteError(f"RTSTRUCT is written for series of single-frame images, and {files[0].name} is an "
+                              "Enhanced (multi-frame) image: save as DICOM-SEG (.dcm) instead")
+
+
 def write_rtstruct(labels: np.ndarray, like: Image, path: Path, segments: list[Segment]) -> None:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     from .. import __version__
-    from .dicom_seg import check_segments, save_checked, source_headers
+    from .dicom_seg import check_segments, on_source_slices, save_checked, source_headers
 
     check_segments(segments, "BINARY")
+    check_source(like)
     sources = source_headers(like)
     first = sources[0]
     if "FrameOfReferenceUID" not in first:
         raise ImageWriteError("The source DICOM has no FrameOfReferenceUID, so an RTSTRUCT cannot be placed on it")
-    stack = labels.reshape(len(sources), *labels.shape[-2:])
+    stack = on_source_slices(labels, like)
     now = datetime.datetime.now()
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -151,6 +163,34 @@ def _to_patient(source, outline: np.ndarray) -> np.ndarray:
     origin = np.array(source.ImagePositionPatient, float)
     return (origin + np.outer(outline[:, 1] * column_spacing, orientation[:3])
             + np.outer(outline[:, 0] * row_spacing, orientation[3:]))
+
+
+def referenced_image(path: Path, *, progress=None, cancel=None) -> Image:
+    """The DICOM series an RTSTRUCT's contours were drawn on (its RTReferencedSeriesSequence), found in the
+    RTSTRUCT's folder or the folder above it (exports put them side by side or in sibling folders)."""
+    import pydicom
+
+    from .dicom_series import scan_folder
+    from .read import read_image
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        uids = [str(series.SeriesInstanceUID) for frame in ds.ReferencedFrameOfReferenceSequence
+                for study in frame.RTReferencedStudySequence for series in study.RTReferencedSeriesSequence]
+    except Exception as exc:  # pydicom raises many types for damaged files; missing sequences: AttributeError
+        raise ImageReadError(f"RTSTRUCT {path.name} names no image series it was drawn on "
+                             f"({(str(exc).splitlines() or [type(exc).__name__])[0]})") from None
+    for folder in (path.parent, path.parent.parent):
+        try:
+            stacks = scan_folder(folder, progress, cancel)
+        except ImageReadError:  # no images there
+            continue
+        keys = [info.key for info, _ in stacks if info.uid in uids]
+        if keys:
+            return read_image(folder, keys[0], progress=progress, cancel=cancel)
+    raise ImageReadError(f"The series RTSTRUCT {path.name} was drawn on ({', '.join(uids)}) is not in "
+                         f"{path.parent} or the folder above: open that series and use 'medseg convert {path.name} "
+                         "--like SERIES'")
 
 
 def read_rtstruct_onto(path: Path, like: Image) -> Image:

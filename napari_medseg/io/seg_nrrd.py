@@ -23,13 +23,14 @@ _CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
 _ANATOMY = "Anatomic codes - DICOM master list"
 
 
-def _code(code: Code) -> str:
-    return "^".join(code)
+def _code(code: Code | None) -> str:
+    return "^".join(code) if code else "^^"
 
 
 def terminology_tag(segment: Segment) -> str:
     """Slicer's TerminologyEntry: context~category~type~modifier~anatomic context~region~region modifier."""
-    return "~".join([_CONTEXT, _code(segment.category), _code(segment.property_type), "^^", _ANATOMY, "^^", "^^"])
+    return "~".join([_CONTEXT, _code(segment.category), _code(segment.property_type), _code(segment.code("modifier")),
+                     _ANATOMY, _code(segment.code("region")), _code(segment.code("region_modifier"))])
 
 
 def segment_fields(labels: np.ndarray, segments: list[Segment]) -> dict[str, str]:

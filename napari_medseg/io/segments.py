@@ -17,10 +17,10 @@ from ..errors import ImageWriteError
 RGB = tuple[int, int, int]
 Code = tuple[str, str, str]  # coding scheme, code value, code meaning
 
-# The class table has no per-structure codes: every segment is SNOMED-CT "Tissue" (category) of type
-# "Organ" for the table's organs, "Tissue" otherwise, with the object's name as its label.
+# Names of the TotalSegmentator class table carry its SNOMED-CT codes (category, type, laterality modifier,
+# anatomic region; resources/classes/totalsegmentator_v2.json says where they come from); any other name is
+# SNOMED-CT "Tissue" (category) of type "Tissue", with the object's name as its label.
 TISSUE: Code = ("SCT", "85756007", "Tissue")
-ORGAN: Code = ("SCT", "91772007", "Organ")
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,19 @@ class Segment:
     name: str
     color: RGB  # 0-255
     group: str | None = None  # the class table's group ("organs", "vertebrae", ...) when known
+    codes: dict[str, Code] | None = None  # the class table's terminology codes when the name is one of its classes
 
     @property
     def category(self) -> Code:
-        return TISSUE
+        return self.codes["category"] if self.codes else TISSUE
 
     @property
     def property_type(self) -> Code:
-        return ORGAN if self.group == "organs" else TISSUE
+        return self.codes["type"] if self.codes else TISSUE
+
+    def code(self, field: str) -> Code | None:
+        """The class table's "modifier", "region" or "region_modifier" code, None when it has none."""
+        return (self.codes or {}).get(field)
 
 
 def present_values(labels: np.ndarray) -> list[int]:
@@ -48,11 +53,11 @@ def present_values(labels: np.ndarray) -> list[int]:
 
 
 @lru_cache(maxsize=1)
-def _known_classes() -> dict[str, tuple[RGB, str | None]]:
+def _known_classes() -> dict[str, tuple[RGB, str | None, dict[str, Code] | None]]:
     from ..models.registry import class_table
 
     table = class_table("totalsegmentator_v2")
-    return {name: (tuple(table["colors"][value]), table["groups"][value])
+    return {name: (tuple(table["colors"][value]), table["groups"][value], table["codes"].get(value))
             for value, name in table["names"].items() if value and table["colors"].get(value)}
 
 
@@ -86,10 +91,10 @@ def segments_of(labels: np.ndarray, names: dict[int, str] | None = None,
     segments = []
     for value in values:
         name = str(names.get(value) or f"Segment_{value}")
-        table_color, group = known.get(name, (None, None))
+        table_color, group, codes = known.get(name, (None, None, None))
         if value in colors:
             color = checked_color(colors[value], value)
         else:
             color = table_color or palette_color(value)
-        segments.append(Segment(value, name, color, group))
+        segments.append(Segment(value, name, color, group, codes))
     return segments

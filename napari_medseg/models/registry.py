@@ -72,14 +72,21 @@ class ModelCard:
 
 
 def class_table(name: str) -> dict:
-    """A class table from ``resources/classes/<name>.json`` with names, colours and groups by label."""
+    """A class table from ``resources/classes/<name>.json`` with names, colours, groups and (where the table has
+    them) terminology codes by label: {"category", "type"[, "modifier", "region", "region_modifier"]}, each
+    (coding scheme, code value, code meaning)."""
     text = resources.files("napari_medseg.resources").joinpath("classes", f"{name}.json").read_text()
     table = json.loads(text)
     return {
         "names": {int(k): v["name"] for k, v in table["classes"].items()},
         "colors": {int(k): v.get("color") for k, v in table["classes"].items()},
         "groups": {int(k): v.get("group") for k, v in table["classes"].items()},
+        "codes": {int(k): {field: tuple(v[field]) for field in _CODE_FIELDS if field in v}
+                  for k, v in table["classes"].items() if "type" in v},
     }
+
+
+_CODE_FIELDS = ("category", "type", "modifier", "region", "region_modifier")
 
 
 def card_from_dict(data: dict, source: Path | None = None) -> ModelCard:

@@ -121,6 +121,71 @@ def dicom_series(tmp_path):
     return make
 
 
+def write_tilted_series(folder, tilt=15.0, count=8, step=3.0, shape=(40, 32)):
+    """Axial CT tilted about the x axis as scanners write it: slice k moved by k * step * tan(tilt) along -y
+    (and GantryDetectorTilt set); random HU so that any misplaced sample shows."""
+    import pydicom
+
+    pixels = np.random.default_rng(7).integers(0, 1500, (count, *shape))
+    for k in range(count):
+        position = (-30.0, -20.0 - k * step * np.tan(np.radians(tilt)), 40.0 + k * step)
+        path = write_dicom_slice(folder / f"IM{k:03d}", pixels[k], position=position, instance=k + 1,
+                                 pixel_spacing=(0.78, 0.7))
+        ds = pydicom.dcmread(path)
+        ds.GantryDetectorTilt = tilt
+        ds.save_as(path)
+    return folder
+
+
+def write_enhanced_mr(path: Path, count=4, shape=(9, 11), orientation=(0.866025, 0.5, 0.0, 0.0, 0.0, -1.0), spacing=3.0):
+    """An oblique MR series converted by highdicom into one Enhanced multi-frame file (Legacy Converted Enhanced MR
+    Image Storage: per-frame positions in functional groups); its frames are stored last slice first."""
+    import highdicom as hd
+    import pydicom
+
+    slices = [pydicom.dcmread(p) for p in write_dicom_series(path.parent / f"{path.stem}-slices", count, shape,
+                                                             orientation=orientation, spacing=spacing, modality="MR")]
+    for ds in slices:  # what the converter copies (type 1/2 attributes of the Enhanced MR modules)
+        ds.PatientName, ds.ImageType = "anon", ["ORIGINAL", "PRIMARY", "OTHER"]
+        for keyword in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "ReferringPhysicianName",
+                        "StudyID", "AccessionNumber", "ContentDate", "ContentTime", "ScanOptions"):
+            setattr(ds, keyword, "")
+        ds.Manufacturer, ds.ScanningSequence, ds.SequenceVariant, ds.MRAcquisitionType = "synthetic", "SE", "NONE", "2D"
+        ds.EchoTime, ds.RepetitionTime, ds.EchoTrainLength = 10, 500, 1
+    enhanced = hd.legacy.LegacyConvertedEnhancedMRImage(slices[::-1], series_instance_uid=hd.UID(), series_number=9,
+                                                        sop_instance_uid=hd.UID(), instance_number=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    enhanced.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture
+def enhanced_mr():
+    return write_enhanced_mr
+
+
+@pytest.fixture
+def tilted_series():
+    return write_tilted_series
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The error lines dciodvfy (Debian package dicom3tools) reports for a written DICOM file; [] where it is not
+    installed. Its 2022 release predates the LABELMAP IOD: check BINARY SEG and RTSTRUCT files only."""
+    import shutil
+    import subprocess
+
+    if shutil.which("dciodvfy") is None:
+        return []
+    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.fixture
+def dciodvfy():
+    return dciodvfy_errors
+
+
 @pytest.fixture
 def dicom_slice():
     return write_dicom_slice

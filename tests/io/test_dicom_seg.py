@@ -137,6 +137,62 @@ def test_bad_requests_are_one_line_and_write_nothing(tmp_path, make_nifti, pydic
     assert list(out.iterdir()) == []
 
 
+def test_segments_carry_the_class_tables_codes(tmp_path, dicom_series, dciodvfy):
+    """Known names get their SNOMED-CT codes (laterality as type modifier), unknown ones the generic Tissue."""
+    import pydicom
+
+    image = read_image(dicom_series(tmp_path / "axial", count=4, shape=(12, 10)))
+    labels = np.zeros(image.spatial_shape, np.uint8)
+    for value in (1, 2, 3, 4):
+        labels[value - 1, 2:6, 2:6] = value
+    out = write_labels(labels, image, tmp_path / "seg.dcm", {1: "liver", 2: "spleen", 3: "kidney_left", 4: "my lesion"})
+    assert dciodvfy(out) == []  # the type modifier and region sequences where DICOM wants them
+    items = pydicom.dcmread(out).SegmentSequence
+
+    def code(item):
+        return str(item.CodingSchemeDesignator), str(item.CodeValue), str(item.CodeMeaning)
+
+    types = {str(s.SegmentLabel): code(s.SegmentedPropertyTypeCodeSequence[0]) for s in items}
+    assert types == {"liver": ("SCT", "10200004", "Liver"), "spleen": ("SCT", "78961009", "Spleen"),
+                     "kidney_left": ("SCT", "64033007", "Kidney"), "my lesion": ("SCT", "85756007", "Tissue")}
+    categories = {str(s.SegmentLabel): code(s.SegmentedPropertyCategoryCodeSequence[0]) for s in items}
+    assert categories["liver"] == ("SCT", "123037004", "Anatomical Structure")
+    assert categories["my lesion"] == ("SCT", "85756007", "Tissue")
+    kidney = next(s for s in items if s.SegmentLabel == "kidney_left").SegmentedPropertyTypeCodeSequence[0]
+    assert code(kidney.SegmentedPropertyTypeModifierCodeSequence[0]) == ("SCT", "7771000", "Left")
+    seg = hd.seg.segread(out)  # highdicom reads the codes back too
+    assert seg.get_segment_description(1).segmented_property_type.value == "10200004"
+
+
+def test_class_table_codes_agree_with_dicom(tmp_path):
+    """Every class-table code that DICOM PS3.16 lists (pydicom's code dictionary) means the same there, and no
+    DICOM meaning names a side that the class's name does not."""
+    from pydicom.sr._concepts_dict import concepts
+
+    from napari_medseg.models.registry import class_table
+
+    dicom = {}  # code value -> its DICOM meanings (a short one and SNOMED's "... structure (body structure)")
+    for entry in concepts["SCT"].values():
+        for value, (meaning, _) in entry.items():
+            dicom[value] = dicom.get(value, "") + " | " + meaning.lower()
+    table = class_table("totalsegmentator_v2")
+    checked = 0
+    for value, codes in table["codes"].items():
+        name = table["names"][value]
+        for scheme, code, meaning in codes.values():
+            assert scheme == "SCT" and code.isdigit()
+            if code not in dicom:
+                continue
+            checked += 1
+            if meaning in ("Anatomical Structure", "Morphologically Altered Structure"):  # DICOM's CID 7150 terms
+                continue
+            words = [w for w in meaning.lower().split() if w not in ("of", "gland")]
+            assert all(w[:5] in dicom[code] for w in words), (name, code, meaning, dicom[code])  # splen(ic), ...
+            for side in ("left", "right"):
+                assert side not in dicom[code].split() or side in name, (name, code, dicom[code])
+    assert len(table["codes"]) == 117 and checked > 150
+
+
 def test_overlapping_segments_are_refused_in_one_line(tmp_path, pydicom_files):
     import pydicom
     from pydicom.sr.codedict import codes
@@ -153,3 +209,90 @@ def test_overlapping_segments_are_refused_in_one_line(tmp_path, pydicom_files):
     with pytest.raises(ImageReadError, match="Segments of overlap.dcm overlap") as caught:
         read_image(tmp_path / "overlap.dcm")
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("fmt", ["dicom-seg", "rtstruct"])
+def test_tilted_source_written_back_on_its_tilted_slices(tilted_series, tmp_path, fmt, dciodvfy):
+    """Labels on the tilt-corrected grid are written on the tilted source slices: each source pixel carries the
+    label of the grid voxel at its world position (<= 0.5 voxel), and dciodvfy finds no errors."""
+    import pydicom
+
+    from napari_medseg.io import convert_labels
+
+    image = read_image(tilted_series(tmp_path / "tilted"))
+    labels = np.zeros(image.spatial_shape, np.uint8)
+    labels[1:7, 14:31, 5:21] = 1
+    out = write_labels(labels, image, tmp_path / "out.dcm", {1: "liver"}, fmt=fmt)
+    assert dciodvfy(out) == []
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in
+              (pydicom.dcmread(f, stop_before_pixels=True) for f in sorted(image.path.iterdir()))}
+    if fmt == "rtstruct":
+        back = read_image(convert_labels(out, image, tmp_path / "back.nii.gz"))
+        rows = np.flatnonzero((back.array != labels).any(axis=(0, 2)))
+        assert set(rows) <= {13, 14, 30, 31}  # the box's edges move by less than a voxel, nothing else
+        assert ((back.array == 1) & (labels == 1)).sum() / (labels == 1).sum() > 0.9
+        return
+    ds = pydicom.dcmread(out)
+    frames = ds.pixel_array.reshape(-1, int(ds.Rows), int(ds.Columns))
+    assert frames.shape == (6, 40, 32)  # the source slices' pixels, one frame per labelled slice
+    sy, sx = (float(v) for v in ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing)
+    rows, columns = np.indices(frames.shape[1:]).reshape(2, -1)
+    for frame, item in zip(frames, ds.PerFrameFunctionalGroupsSequence):
+        uid = str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+        position = np.array(item.PlanePositionSequence[0].ImagePositionPatient, float)
+        np.testing.assert_allclose(position, np.array(by_uid[uid].ImagePositionPatient, float), atol=1e-3)
+        world = position + np.outer(columns * sx, (1, 0, 0)) + np.outer(rows * sy, (0, 1, 0))
+        where = source_index(image, world)
+        nearest = np.round(where).astype(int)
+        assert np.abs(where - nearest)[:, 0].max() < 1e-3 and np.abs(where - nearest).max() <= 0.5 + 1e-6
+        np.testing.assert_array_equal(frame.ravel(), labels[tuple(nearest.T)])
+
+
+@pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])
+def test_enhanced_multiframe_source(enhanced_mr, tmp_path, seg_type, dciodvfy):
+    """A DICOM-SEG on an Enhanced (multi-frame) MR references the source's frames (ReferencedFrameNumber) and lands
+    on their voxels; an RTSTRUCT for it is refused in one line."""
+    import pydicom
+
+    source = enhanced_mr(tmp_path / "emr" / "enhanced.dcm")
+    image = read_image(source)
+    labels = blobs(image.spatial_shape)
+    out = write_labels(labels, image, tmp_path / "seg.dcm", NAMES, dicom_seg_type=seg_type)
+    check_world_positions(out, image, labels)
+    frames = pydicom.dcmread(source).PerFrameFunctionalGroupsSequence
+    seg = pydicom.dcmread(out)
+    assert [str(i.ReferencedSOPInstanceUID) for s in seg.ReferencedSeriesSequence for i in s.ReferencedInstanceSequence] \
+        == [str(pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID)]
+    referenced = []
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        number = int(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+        np.testing.assert_allclose(np.array(item.PlanePositionSequence[0].ImagePositionPatient, float),
+                                   np.array(frames[number - 1].PlanePositionSequence[0].ImagePositionPatient, float),
+                                   atol=1e-3)
+        referenced.append(number)
+    assert set(referenced) == set(range(1, len(frames) + 1))  # every frame holds a segment
+    if seg_type == "BINARY":
+        assert dciodvfy(out) == []
+    with pytest.raises(ImageWriteError, match="Enhanced .multi-frame. image: save as DICOM-SEG") as caught:
+        write_labels(labels, image, tmp_path / "rt.dcm", NAMES, fmt="rtstruct")
+    assert "\n" not in str(caught.value) and not (tmp_path / "rt.dcm").exists()
+
+
+@pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])
+def test_seg_on_a_tilted_source_reads_back_on_the_corrected_grid(tilted_series, tmp_path, seg_type):
+    """A SEG written on a tilted series (sheared frames, which highdicom will not stack) is read onto the orthogonal
+    grid with the read warning, and `convert_labels` puts it back on the series' voxels unchanged."""
+    from napari_medseg.io import convert_labels
+
+    image = read_image(tilted_series(tmp_path / "tilted"))
+    labels = np.zeros(image.spatial_shape, np.uint8)
+    labels[1:7, 14:31, 5:21] = 1
+    labels[3:5, 33:40, 2:9] = 2
+    out = write_labels(labels, image, tmp_path / "seg.dcm", {1: "liver", 2: "spleen"}, dicom_seg_type=seg_type)
+    back = read_image(out)
+    assert any("gantry tilt of 15.0 degrees corrected by resampling" in w for w in back.metadata["warnings"])
+    assert back.metadata["label_names"] == {1: "liver", 2: "spleen"}
+    np.testing.assert_allclose(back.direction, image.direction, atol=1e-6)
+    np.testing.assert_allclose(back.spacing, image.spacing, atol=1e-4)
+    again = read_image(convert_labels(out, image, tmp_path / "back.nii.gz"))
+    np.testing.assert_array_equal(again.array, labels)

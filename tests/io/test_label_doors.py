@@ -185,3 +185,49 @@ def test_npe2_save_picks_the_dicom_seg_writer_by_extension(tmp_path, pydicom_fil
     with pytest.raises(ImageWriteError, match="needs labels drawn on a DICOM image"):
         npe2.write(str(tmp_path / "other.dcm"), [layer], plugin_name="napari-medseg")
     assert not (tmp_path / "other.dcm").exists()
+
+
+def test_rtstruct_through_napari_reader_and_writer(tmp_path, dicom_series, dciodvfy):
+    """Save Selected Layers offers an RTSTRUCT writer for .dcm beside DICOM-SEG; napari's reader opens that RTSTRUCT
+    (its series found in the folder above) as a labels layer with names and colours, on the series' grid."""
+    npe2 = pytest.importorskip("npe2")
+    from napari.components import LayerList
+    from napari.layers import Labels
+
+    from napari_medseg._napari.layers import labels_layer_kwargs
+    from napari_medseg.errors import ImageReadError
+    from napari_medseg.io.rtstruct import referenced_image
+
+    manager = npe2.PluginManager.instance()
+    manager.discover()
+    series = read_image(dicom_series(tmp_path / "study" / "ct", count=4, shape=(12, 12)))
+    labels = np.zeros(series.spatial_shape, np.uint8)
+    labels[1:3, 2:8, 3:9] = 1
+    labels[2:4, 9:11, 1:4] = 2
+    writers = {w.command: w for w in manager.iter_compatible_writers(["labels"])
+               if w.plugin_name == "napari-medseg" and ".dcm" in w.filename_extensions}
+    assert set(writers) == {"napari-medseg.write_dicom_seg", "napari-medseg.write_rtstruct"}
+    layers = LayerList([Labels(labels, **labels_layer_kwargs(series, "organs", {1: "liver", 2: "my lesion"}))])
+    out = tmp_path / "study" / "rt" / "structures.dcm"
+    out.parent.mkdir()
+    assert layers.save(str(out), _writer=writers["napari-medseg.write_rtstruct"]) == [str(out)]
+    import pydicom
+
+    assert pydicom.dcmread(out).Modality == "RTSTRUCT" and dciodvfy(out) == []
+
+    [(data, kwargs, kind)] = npe2.read([str(out)], stack=False, plugin_name="napari-medseg")
+    assert kind == "labels" and kwargs["name"] == "structures.dcm"
+    np.testing.assert_array_equal(data, labels)
+    info = kwargs["metadata"]["medseg"]
+    assert info["label_names"] == {1: "liver", 2: "my lesion"} and info["label_colors"][1] == (40, 140, 40)
+    assert info["geometry"] == series.geometry() and info["series_key"] == series.metadata["series_key"]
+    np.testing.assert_allclose(kwargs["colormap"].color_dict[1][:3], np.array([40, 140, 40]) / 255)
+    [seg] = npe2.write(str(tmp_path / "seg.dcm"), [(data, kwargs, kind)], plugin_name="napari-medseg")
+    assert read_image(seg).metadata["label_names"] == {1: "liver", 2: "my lesion"}  # back onto the series
+
+    alone = tmp_path / "alone" / "deeper" / "structures.dcm"
+    alone.parent.mkdir(parents=True)
+    alone.write_bytes(out.read_bytes())
+    with pytest.raises(ImageReadError, match="is not in .* or the folder above") as caught:
+        referenced_image(alone)
+    assert "\n" not in str(caught.value)

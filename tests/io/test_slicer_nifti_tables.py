@@ -38,9 +38,9 @@ def test_seg_nrrd_read_by_slicerio(tmp_path, make_nifti, affines):
     assert segments["my tumour"]["extent"] == [6, 6, 5, 5, 4, 4]  # i (x), j (y), k (z) min and max
     assert segments["liver"]["extent"] == [2, 3, 1, 3, 1, 2]
     terminology = segments["liver"]["terminology"]  # codes as [scheme, value, meaning]
-    assert list(terminology["category"]) == ["SCT", "85756007", "Tissue"]
-    assert list(terminology["type"]) == ["SCT", "91772007", "Organ"]  # liver is one of the table's organs
-    assert list(segments["my tumour"]["terminology"]["type"]) == ["SCT", "85756007", "Tissue"]
+    assert list(terminology["category"]) == ["SCT", "123037004", "Anatomical Structure"]
+    assert list(terminology["type"]) == ["SCT", "10200004", "Liver"]  # the class table's code for liver
+    assert list(segments["my tumour"]["terminology"]["type"]) == ["SCT", "85756007", "Tissue"]  # unknown name
     assert segmentation["masterRepresentation"] == "Binary labelmap"
     voxels = segmentation["voxels"]  # slicerio keeps NRRD's (i, j, k) order
     np.testing.assert_array_equal(voxels, labels.T)
