@@ -83,7 +83,7 @@ def _single_file_output(args, cases) -> Path | None:
     from ..io.label_formats import format_of
 
     out = Path(args.output)
-    if out.is_dir():
+    if out.is_dir() and format_of(out) != "ome-zarr":  # OUT.zarr: a labels container, or the image's own OME-Zarr
         return None
     if format_of(out) is not None:
         if len(cases) != 1:
@@ -99,9 +99,10 @@ def _single_file_output(args, cases) -> Path | None:
 def _check_outputs(args, single: Path | None, cases) -> Path | None:
     """Refuse unwritable outputs before any model loads; returns the manifest path (cohorts)."""
     from ..cli import check_output_folder
+    from ..io.label_formats import format_of
 
     if single is not None:
-        if single.is_dir():
+        if single.is_dir() and format_of(single) != "ome-zarr":
             raise MedsegError(f"-o {single} is a folder; give a file name or use it as the output folder")
         check_output_folder(single.parent, "-o")
         return None
