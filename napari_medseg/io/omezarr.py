@@ -49,11 +49,11 @@ def _store(path: Path, read_only: bool):
     return LocalStore(str(path), read_only=read_only)
 
 
-def _open_group(path: Path, store=None, mode: str = "r"):
+def _open_group(path: Path, mode: str = "r"):
     import zarr
 
     try:
-        return zarr.open_group(store if store is not None else _store(path, mode == "r"), mode=mode)
+        return zarr.open_group(_store(path, mode == "r"), mode=mode)
     except (FileNotFoundError, ValueError, KeyError, TypeError) as exc:
         raise ImageReadError(f"Cannot read OME-Zarr {path.name}: {exc}".splitlines()[0]) from None
 
@@ -163,10 +163,10 @@ def _channels(attrs: dict, count: int) -> tuple[list[str], list[str]]:
     return names, colors
 
 
-def read_ome_zarr(path: Path, *, store=None) -> Image:
+def read_ome_zarr(path: Path) -> Image:
     """An OME-Zarr image (or, for a container holding only labels, its first label image) opened lazily."""
     path = Path(path)
-    group = _open_group(path, store)
+    group = _open_group(path)
     attrs = ome_attrs(group)
     if "image-label" in attrs:
         return _labels_image(group, path, path.name)
