@@ -169,7 +169,7 @@ def _run_single(args, case, target: Path, kwargs) -> int:
     from ..io import read_image, write_labels
     from ..models.load import load_model
     from ..models.registry import get_card
-    from ..io.label_formats import NAMES, check_target
+    from ..io.label_formats import NAMES, check_target, format_of
     from ..segmentation import check_prompts, segment
     from .progressbar import TerminalProgress
 
@@ -180,6 +180,15 @@ def _run_single(args, case, target: Path, kwargs) -> int:
     fmt = args.format if args.format in NAMES else None
     check_target(image, target, fmt)  # before the model loads
     loaded = load_model(args.model, weights=args.weights, device=args.device, **_load_options(args))
+    if loaded.task == "auto2d" and image.metadata.get("lazy") and image.ndim == 2 and \
+            format_of(target, fmt) == "ome-zarr":  # a slide: block by block, labels straight into the OME-Zarr
+        from ..inference.tiled import predict_auto2d_to_zarr
+
+        report = predict_auto2d_to_zarr(loaded, image, target, progress=TerminalProgress(),
+                                        device=args.device, mirroring=kwargs["mirroring"],
+                                        precision=kwargs["precision"])
+        print(f"wrote {target} ({report.chunks_written} label chunks, block by block)")
+        return 0
     result = segment(image, loaded, progress=TerminalProgress(), **kwargs)
     names = loaded.classes or {0: "background", 1: "object"}
     out = write_labels(result, image, target, label_names=names, fmt=fmt)
