@@ -180,8 +180,8 @@ def _run_single(args, case, target: Path, kwargs) -> int:
     fmt = args.format if args.format in NAMES else None
     check_target(image, target, fmt)  # before the model loads
     loaded = load_model(args.model, weights=args.weights, device=args.device, **_load_options(args))
-    if loaded.task == "auto2d" and image.metadata.get("lazy") and image.ndim == 2 and \
-            format_of(target, fmt) == "ome-zarr":  # a slide: block by block, labels straight into the OME-Zarr
+    if image.metadata.get("lazy") and image.ndim == 2 and format_of(target, fmt) == "ome-zarr" and \
+            loaded.task == "auto2d":  # a slide: block by block, labels straight into the OME-Zarr
         from ..inference.tiled import predict_auto2d_to_zarr
 
         report = predict_auto2d_to_zarr(loaded, image, target, progress=TerminalProgress(),
