@@ -2,7 +2,7 @@
 
     xvfb-run -a -s "-screen 0 1366x768x24" python benchmarks/shot_large_pyramid.py /tmp/pyramid/slide.ome.zarr OUT.png
 
-Writes a "nuclei" label image into the slide's OME-Zarr (dark hematoxylin-stained pixels of one 2048^2 region,
+Writes a "nuclei" label image into the slide's OME-Zarr (the 10 % most hematoxylin-stained pixels of one 2048^2 region,
 read and written chunk by chunk), opens the slide through the plugin's reader (multiscale image + labels layers),
 zooms to full resolution on that region and saves a screenshot of the whole window. Prints the RSS afterwards.
 """
@@ -23,9 +23,11 @@ def nuclei_labels(path: Path, y: int, x: int, side: int = 2048) -> None:
     from napari_medseg.io.omezarr import write_zarr_labels
 
     image = read_image(path)
-    crop = np.asarray(image.array[y:y + side, x:x + side]).astype(np.float32)
-    dark = crop.mean(axis=-1) < np.percentile(crop.mean(axis=-1), 12)
-    dark = ndimage.binary_opening(dark, iterations=2)
+    from skimage.color import rgb2hed
+
+    crop = np.asarray(image.array[y:y + side, x:x + side])
+    hematoxylin = rgb2hed(crop)[..., 0]  # the nuclear stain of the IHC tiles
+    dark = ndimage.binary_opening(hematoxylin > np.percentile(hematoxylin, 90), iterations=2)
     labelled, _ = ndimage.label(dark)
     sizes = np.bincount(labelled.ravel())
     keep = (sizes > 60)[labelled] & (labelled > 0)
