@@ -60,6 +60,10 @@ def check_target(like, path: str | Path, fmt: str | None = None) -> str:
         from .seg_nrrd import check_like
 
         check_like(like)
+    elif chosen == "ome-zarr":
+        from .omezarr import check_zarr_target
+
+        check_zarr_target(like, path)
     elif chosen == "png" and like.ndim != 2:
         raise ImageWriteError("PNG holds 2-D labels: use .nii.gz, .nrrd, .seg.nrrd, .mha, .dcm or .tif")
     return chosen

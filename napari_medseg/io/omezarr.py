@@ -139,20 +139,16 @@ def _mm(pyramid: Pyramid, axes: str) -> tuple[dict[str, float], dict[str, list],
     sizes, reported, origin, warnings = {}, {}, {}, []
     for axis in axes.replace("c", ""):
         i = pyramid.axes.index(axis)
-        unit, value = pyramid.units[i], pyramid.scale[i]
-        factor = MM_PER_UNIT.get(unit) if unit else None
-        if unit and factor is None:
+        unit, value = pyramid.units[i] or "micrometer", pyramid.scale[i]  # no unit: NGFF leaves it open;
+        factor = MM_PER_UNIT.get(unit)  # microscopy files mean micrometres
+        if factor is None:
             warnings.append(f"the OME-Zarr unit {unit!r} along {axis} is unknown; pixel size 1 used")
-            factor = None
-        if not (math.isfinite(value) and value > 0):
+        elif not (math.isfinite(value) and value > 0):
             warnings.append(f"the OME-Zarr pixel size along {axis} is zero, negative or not a number; 1 used")
-            continue
-        if factor is None and unit:
-            continue
-        # no unit: NGFF leaves it open; microscopy files mean micrometres
-        sizes[axis] = value * (factor if factor is not None else MM_PER_UNIT["micrometer"])
-        origin[axis] = pyramid.translation[i] * (factor if factor is not None else MM_PER_UNIT["micrometer"])
-        reported[axis] = [float(value), unit or "micrometer"]
+        else:
+            sizes[axis] = value * factor
+            origin[axis] = pyramid.translation[i] * factor
+            reported[axis] = [float(value), unit]
     return sizes, reported, origin, warnings
 
 
@@ -263,6 +259,10 @@ def _durable_store(path: Path, counter: "SaveReport"):
 
             await asyncio.to_thread(put)
 
+        async def set_if_not_exists(self, key, value) -> None:
+            if not await self._store.exists(key):
+                await self.set(key, value)
+
     return DurableStore(LocalStore(str(path)))
 
 
@@ -324,25 +324,35 @@ def _set_ome(group, content: dict, version: str) -> None:
         group.attrs.update(content)
 
 
+def check_zarr_target(like: Image, path: str | Path) -> None:
+    """Refuse (one line, before slow work) an OME-Zarr target that cannot take labels of ``like``: an existing
+    folder that is not an OME-Zarr, an OME-Zarr image of another shape, a missing parent folder."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        if not path.parent.is_dir():
+            raise ImageWriteError(f"Folder {path.parent} does not exist")
+        return
+    if not is_ome_zarr(path):
+        raise ImageWriteError(f"{path} exists and is not an OME-Zarr")
+    try:
+        has_image = "multiscales" in ome_attrs(_open_group(path))
+        shape = read_ome_zarr(path).spatial_shape if has_image else None
+    except ImageReadError as exc:
+        raise ImageWriteError(f"Cannot write labels into {path.name}: {exc}") from None
+    if shape is not None and shape != like.spatial_shape:
+        raise ImageWriteError(f"{path.name} holds a {shape} image; labels of shape {like.spatial_shape} do not "
+                              "belong to it")
+
+
 def _container(path: Path, like: Image, report: SaveReport):
     """(root group, NGFF version): the image's own OME-Zarr when ``path`` is it, else a labels container."""
     import zarr
 
+    check_zarr_target(like, path)
     store = _durable_store(path, report)
     if path.exists():
-        if not is_ome_zarr(path):
-            raise ImageWriteError(f"{path} exists and is not an OME-Zarr")
         root = zarr.open_group(store, mode="r+")
-        attrs = ome_attrs(root)
-        if "multiscales" in attrs:
-            image = read_ome_zarr(path)
-            if image.spatial_shape != like.spatial_shape:
-                raise ImageWriteError(f"{path.name} holds a {image.spatial_shape} image; labels of shape "
-                                      f"{like.spatial_shape} do not belong to it")
-        version = "0.5" if root.metadata.zarr_format == 3 else "0.4"
-        return root, version
-    if not path.parent.is_dir():
-        raise ImageWriteError(f"Folder {path.parent} does not exist")
+        return root, "0.5" if root.metadata.zarr_format == 3 else "0.4"
     root = zarr.open_group(store, mode="w-", zarr_format=2)
     return root, _NGFF
 

@@ -219,3 +219,30 @@ def test_medseg_segment_zarr_and_ome_tiff_write_ome_zarr_labels(pyramid, tmp_pat
         mask = np.asarray(labels.array)
         assert mask.shape == (SIZE, SIZE) and labels.spacing == (0.0005, 0.0005)
         assert mask[600:900, 600:900].any() and not mask[:550].any()
+
+
+def test_every_chunk_goes_through_atomic_py_and_bad_targets_fail_before_the_model(pyramid, tmp_path, monkeypatch,
+                                                                                  capsys):
+    from napari_medseg import atomic
+    from napari_medseg.cli import main
+    from napari_medseg.io import omezarr
+
+    written = []
+    monkeypatch.setattr(omezarr, "atomic_write_bytes", lambda target, data: (written.append(target),
+                                                                            atomic.atomic_write_bytes(target, data)))
+    image = read_image(pyramid[0])
+    report = write_zarr_labels(_labels(), image, tmp_path / "out.zarr", {1: "a"})
+    stored = [p for p in (tmp_path / "out.zarr").rglob("*") if p.is_file()]
+    assert set(written) == set(stored) and report.chunks_written == len(_chunk_files(tmp_path / "out.zarr"))
+    (tmp_path / "plain.zarr").mkdir()
+    (tmp_path / "plain.zarr" / "notes.txt").write_text("not zarr")
+    monkeypatch.setattr("napari_medseg.models.load.load_model", lambda *a, **k: pytest.fail("model loaded"))
+    assert main(["segment", str(pyramid[0]), "-o", str(tmp_path / "plain.zarr"), "--box", "1,1,9,9"]) == 2
+    assert "is not an OME-Zarr" in capsys.readouterr().err
+    import zarr
+
+    small = zarr.open_group(str(tmp_path / "small.zarr"), mode="w", zarr_format=2)  # another image
+    small.create_array("0", data=np.zeros((64, 64), np.uint8))
+    small.attrs.update({"multiscales": [{"version": "0.4", "axes": ["y", "x"], "datasets": [{"path": "0"}]}]})
+    assert main(["segment", str(pyramid[0]), "-o", str(tmp_path / "small.zarr"), "--box", "1,1,9,9"]) == 2
+    assert "do not belong" in capsys.readouterr().err
