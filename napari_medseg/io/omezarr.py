@@ -251,7 +251,6 @@ def _durable_store(path: Path, counter: "SaveReport"):
             if key.rsplit("/", 1)[-1] not in _METADATA_FILES:
                 counter.chunk_bytes += len(data)
                 counter.chunks_written += 1
-            counter.bytes_written += len(data)
 
             def put() -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -269,11 +268,8 @@ def _durable_store(path: Path, counter: "SaveReport"):
 @dataclass
 class SaveReport:
     """What a save wrote: stored (compressed) bytes and chunks, and the share of the label pyramid they cover."""
-    path: Path | None = None
     chunks_written: int = 0
-    chunks_removed: int = 0
     chunk_bytes: int = 0
-    bytes_written: int = 0
     changed_voxels_bytes: int = 0  # uncompressed bytes of the chunks that changed, all levels
     total_bytes: int = 0  # uncompressed bytes of all levels
     changed_chunks: dict = field(default_factory=dict)  # level -> set of chunk indices
@@ -390,7 +386,7 @@ def write_zarr_labels(labels, like: Image, path: str | Path, label_names: dict[i
     if not name or "/" in name or name.startswith("."):
         raise ImageWriteError(f"{name!r} is not a label image name")
     dtype = _label_dtype(labels)
-    report = SaveReport(path=path)
+    report = SaveReport()
     try:
         return _write(labels, like, path, dict(label_names or {}), dict(label_colors or {}), name, regions,
                       chunk, dtype, shape, report)
@@ -454,8 +450,6 @@ def _store_chunk(array, index, new, report: SaveReport) -> bool:
         return False
     array[sl] = new  # zarr drops chunks that became all zero (write_empty_chunks False)
     report.changed_voxels_bytes += new.nbytes
-    if not new.any():
-        report.chunks_removed += 1
     return True
 
 

@@ -159,6 +159,7 @@ def test_saving_after_an_edit_writes_only_the_changed_chunks(pyramid, tmp_path):
     level0, level1, level2, level3 = (f"labels/segmentation/{i}/" for i in range(4))
     assert rewritten == {level0 + "3/3", level1 + "1/1", level2 + "0/0", level3 + "0/0"}, rewritten
     assert second.chunks_written == 4 and second.fraction < 0.05
+    assert second.changed_chunks == {0: {(3, 3)}, 1: {(1, 1)}, 2: {(0, 0)}, 3: {(0, 0)}}
     same = write_zarr_labels(labels, image, out, {1: "a"}, chunk=TILE)
     assert same.chunks_written == 0 and _chunk_files(out) == after
     labels[800:900, 800:900] = 0  # erased again: the chunk is removed, not stored as zeros
