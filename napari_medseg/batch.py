@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import json
 import platform
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -80,6 +81,10 @@ def _cases_in(path: Path) -> list[Case]:
         return [Case(_stem(path), path)]
     if not path.is_dir():
         raise MedsegError(f"Input not found: {path}")
+    from .io.omezarr import is_ome_zarr
+
+    if is_ome_zarr(path):  # an OME-Zarr image is one case, not a folder of images
+        return [Case(re.sub(r"(\.ome)?\.zarr$", "", path.name, flags=re.IGNORECASE) or path.name, path)]
     files = sorted(p for p in path.iterdir() if p.is_file())
     if any(_is_dicom_file(p) for p in files):
         return [Case(path.name, path)]

@@ -32,6 +32,15 @@ def as_image(image: Image | str | Path | np.ndarray) -> Image:
                  intensity="rgb" if rgb else "raw", channel_axis=-1 if rgb else None)
 
 
+def resident(image: Image) -> Image:
+    """A lazily read image (OME-Zarr, pyramidal TIFF) loaded whole, once its size is known to fit in memory."""
+    from .io.declared import check_memory
+
+    name = image.path.name if image.path else "the image"
+    check_memory(int(np.prod(image.array.shape)) * image.array.dtype.itemsize, name)
+    return image.with_array(np.asarray(image.array), channel_axis=image.channel_axis)
+
+
 def slice_index(value, image: Image | None, what: str) -> int:
     """The slice index of a prompt (``what``: "box", "point") along the first axis: a whole number inside the
     volume; 2-D images have none."""
@@ -134,6 +143,8 @@ def segment(
     if img.ndim not in (2, 3):
         raise MedsegError(f"{img.ndim}-D images are not supported")
     run_on = device if device not in (None, "", "auto") else loaded.info.get("device")
+    if not isinstance(img.array, np.ndarray):  # read lazily (OME-Zarr, pyramidal TIFF): these recipes see it all
+        img = resident(img)
     if loaded.task == "box2d":
         return _segment_box(img, loaded, box, points, point_labels, label, propagate, window, progress, cancel,
                             precision)

@@ -40,6 +40,9 @@ def image_layer_data(image: Image, name: str | None = None) -> tuple:
     from ..inference.intensity import display_limits
 
     kwargs = {"name": name or (image.path.name if image.path else "image"), "metadata": layer_metadata(image), **placement(image)}
+    data, levels = image.array, lazy_levels(image)
+    if levels:  # a pyramid on disk: napari reads the tiles it shows, never the whole full resolution
+        data, kwargs["multiscale"] = levels, True
     if image.is_rgb:
         kwargs["rgb"] = True
     elif image.channel_axis is not None:
@@ -48,8 +51,14 @@ def image_layer_data(image: Image, name: str | None = None) -> tuple:
         kwargs["metadata"] = [kwargs["metadata"]] * image.array.shape[image.channel_axis]
     else:
         kwargs["colormap"] = "gray"
-        kwargs["contrast_limits"] = display_limits(image.array, image.intensity)
-    return image.array, kwargs, "image"
+        kwargs["contrast_limits"] = display_limits(np.asarray(levels[-1]) if levels else image.array, image.intensity)
+    return data, kwargs, "image"
+
+
+def lazy_levels(image: Image) -> list | None:
+    """The resolution levels (finest first) of an image read lazily, when its array is their finest."""
+    levels = image.metadata.get("levels")
+    return levels if levels and levels[0] is image.array and len(levels) > 1 else None
 
 
 def labels_layer_kwargs(image: Image, name: str, label_names: dict[int, str] | None = None) -> dict:
@@ -70,7 +79,10 @@ def labels_layer_data(image: Image) -> tuple:
         color_dict = {None: transparent, 0: transparent}
         color_dict.update({value: np.append(np.asarray(rgb) / 255, 1.0) for value, rgb in colors.items()})
         kwargs["colormap"] = DirectLabelColormap(color_dict=color_dict)
-    return image.array, kwargs, "labels"
+    levels = lazy_levels(image)
+    if levels:
+        kwargs["multiscale"] = True
+    return levels or image.array, kwargs, "labels"
 
 
 def reference_image(layer_data: np.ndarray, metadata: dict, attributes: dict | None = None) -> Image:

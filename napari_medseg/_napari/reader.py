@@ -1,10 +1,13 @@
-"""npe2 reader: every format `read_image` knows; None for anything else (npe2 contract)."""
+"""npe2 reader: every format `read_image` knows; None for anything else (npe2 contract).
+
+OME-Zarr and pyramidal TIFF come as multiscale layers (nothing of the full resolution is read until shown);
+an OME-Zarr's label images come with it as multiscale labels layers with their names and colours."""
 from __future__ import annotations
 
 from pathlib import Path
 
 SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".ima",
-            ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+            ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".zarr")
 
 
 def _readable(path: Path) -> bool:
@@ -41,9 +44,23 @@ def read_layers(path):
     except MedsegError as exc:
         show_error(str(exc))
         return [(None,)]
-    if image.metadata.get("format") == "dicom-seg" or Path(path).name.lower().endswith(".seg.nrrd"):
+    if image.metadata.get("format") in ("dicom-seg", "ome-zarr-labels") or \
+            Path(path).name.lower().endswith(".seg.nrrd"):
         return [labels_layer_data(image)]
-    return [image_layer_data(image)]
+    layers = [image_layer_data(image)]
+    if image.metadata.get("format") == "ome-zarr":
+        from ..io.omezarr import read_zarr_labels
+
+        for name in image.metadata.get("labels", []):
+            try:
+                labels = read_zarr_labels(path, name)
+            except MedsegError as exc:
+                show_error(str(exc))
+                continue
+            layer = labels_layer_data(labels)
+            layer[1]["name"] = name
+            layers.append(layer)
+    return layers
 
 
 def _rtstruct_layer(path: Path) -> tuple:

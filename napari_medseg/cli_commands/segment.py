@@ -83,7 +83,7 @@ def _single_file_output(args, cases) -> Path | None:
     from ..io.label_formats import format_of
 
     out = Path(args.output)
-    if out.is_dir():
+    if out.is_dir() and format_of(out) != "ome-zarr":  # OUT.zarr: a labels container, or the image's own OME-Zarr
         return None
     if format_of(out) is not None:
         if len(cases) != 1:
@@ -99,9 +99,10 @@ def _single_file_output(args, cases) -> Path | None:
 def _check_outputs(args, single: Path | None, cases) -> Path | None:
     """Refuse unwritable outputs before any model loads; returns the manifest path (cohorts)."""
     from ..cli import check_output_folder
+    from ..io.label_formats import format_of
 
     if single is not None:
-        if single.is_dir():
+        if single.is_dir() and format_of(single) != "ome-zarr":
             raise MedsegError(f"-o {single} is a folder; give a file name or use it as the output folder")
         check_output_folder(single.parent, "-o")
         return None
@@ -168,7 +169,7 @@ def _run_single(args, case, target: Path, kwargs) -> int:
     from ..io import read_image, write_labels
     from ..models.load import load_model
     from ..models.registry import get_card
-    from ..io.label_formats import NAMES, check_target
+    from ..io.label_formats import NAMES, check_target, format_of
     from ..segmentation import check_prompts, segment
     from .progressbar import TerminalProgress
 
@@ -179,6 +180,15 @@ def _run_single(args, case, target: Path, kwargs) -> int:
     fmt = args.format if args.format in NAMES else None
     check_target(image, target, fmt)  # before the model loads
     loaded = load_model(args.model, weights=args.weights, device=args.device, **_load_options(args))
+    if image.metadata.get("lazy") and image.ndim == 2 and format_of(target, fmt) == "ome-zarr" and \
+            loaded.task == "auto2d":  # a slide: block by block, labels straight into the OME-Zarr
+        from ..inference.tiled import predict_auto2d_to_zarr
+
+        report = predict_auto2d_to_zarr(loaded, image, target, progress=TerminalProgress(),
+                                        device=args.device, mirroring=kwargs["mirroring"],
+                                        precision=kwargs["precision"])
+        print(f"wrote {target} ({report.chunks_written} label chunks, block by block)")
+        return 0
     result = segment(image, loaded, progress=TerminalProgress(), **kwargs)
     names = loaded.classes or {0: "background", 1: "object"}
     out = write_labels(result, image, target, label_names=names, fmt=fmt)

@@ -1,7 +1,8 @@
 """Label file formats by name (what `--format` takes) and by file name; the clinical formats' writers.
 
 nifti (.nii.gz, .nii), nrrd (.nrrd), seg-nrrd (.seg.nrrd: 3D Slicer), mha (.mha), dicom-seg (.dcm),
-rtstruct (.dcm, only when asked for: a .dcm name alone is a DICOM-SEG), png (.png), tiff (.tif, .tiff). `fmt="seg-nrrd"` also writes Slicer's metadata into a plain `.nrrd`.
+rtstruct (.dcm, only when asked for: a .dcm name alone is a DICOM-SEG), png (.png), tiff (.tif, .tiff),
+ome-zarr (.zarr: OME-Zarr labels, into the image's own OME-Zarr when that is the target). `fmt="seg-nrrd"` also writes Slicer's metadata into a plain `.nrrd`.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from ..errors import ImageWriteError
 SUFFIXES = {
     "nifti": (".nii.gz", ".nii"), "nrrd": (".nrrd",), "seg-nrrd": (".seg.nrrd",), "mha": (".mha",),
     "dicom-seg": (".dcm",), "rtstruct": (".dcm",), "png": (".png",), "tiff": (".tif", ".tiff"),
+    "ome-zarr": (".zarr",),
 }
 NAMES = tuple(SUFFIXES)
 CLINICAL = ("dicom-seg", "rtstruct", "seg-nrrd")
@@ -20,7 +22,7 @@ CLINICAL = ("dicom-seg", "rtstruct", "seg-nrrd")
 def format_of(path: str | Path, fmt: str | None = None) -> str | None:
     """The format a label file at `path` is written in: `fmt` when given (checked against the suffix),
     else the suffix's; None for suffixes no format writes."""
-    name = Path(path).name.lower()
+    name = Path(path).name.lower().rstrip("/")
     matches = [(len(suffix), f) for f, suffixes in SUFFIXES.items() for suffix in suffixes if name.endswith(suffix)]
     # the longest suffix (.seg.nrrd before .nrrd); among equals the first listed (.dcm: dicom-seg)
     by_suffix = max(matches, key=lambda match: match[0])[1] if matches else None
@@ -62,6 +64,10 @@ def check_target(like, path: str | Path, fmt: str | None = None) -> str:
         from .seg_nrrd import check_like
 
         check_like(like)
+    elif chosen == "ome-zarr":
+        from .omezarr import check_zarr_target
+
+        check_zarr_target(like, path)
     elif chosen == "png" and like.ndim != 2:
         raise ImageWriteError("PNG holds 2-D labels: use .nii.gz, .nrrd, .seg.nrrd, .mha, .dcm or .tif")
     return chosen

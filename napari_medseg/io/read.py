@@ -1,4 +1,8 @@
-"""`read_image(path)`: any supported file or DICOM folder -> `Image` with geometry and metadata.
+"""`read_image(path)`: any supported file, DICOM folder or OME-Zarr -> `Image` with geometry and metadata.
+
+Large images stay on disk: OME-Zarr folders and pyramidal (or big tiled) TIFFs come back with a dask array
+(the full resolution) as `Image.array`, metadata "lazy" True and "levels" (every resolution, finest first);
+see omezarr.py and tiff.py. They are not scanned for NaN.
 
 metadata keys: "format" (nifti, nrrd, metaimage, dicom, tiff, png, jpeg, bmp), "original_dtype",
 "warnings" (list of one-line strings, always present), "label_names" ({value: name}, when the
@@ -34,6 +38,7 @@ from .formats import READ_FORMATS, has_dicom_preamble, suffix_of
 from .image import Image
 from .nifti import match_nibabel, checked_nifti, restore_non_finite
 from .nifti_labels import read_label_table
+from .omezarr import is_ome_zarr, read_ome_zarr
 from .photo import read_photo
 from .seg_nrrd import colors_from_header
 from .sidecar import names_from_header, read_sidecar
@@ -56,7 +61,9 @@ def read_image(path: str | Path, series: str | int | None = None, *, progress=No
     if series is not None and not path.is_dir():
         raise ImageReadError(f"series={series!r} only applies to DICOM folders, not to {path.name}")
     try:
-        if path.is_dir():
+        if path.is_dir() and is_ome_zarr(path):
+            image = read_ome_zarr(path)
+        elif path.is_dir():
             image = read_dicom_folder(path, series, progress=progress, cancel=cancel)
         else:
             image = _read_file(path, progress, cancel)
@@ -145,6 +152,9 @@ def _finish(image: Image, path: Path) -> Image:
     """Steps shared by all formats: non-finite voxels, sidecar label names and geometry, path."""
     metadata = image.metadata
     metadata.setdefault("warnings", [])
+    if metadata.get("lazy"):  # OME-Zarr, pyramidal TIFF: pixels stay on disk (not scanned for NaN)
+        image.path = path
+        return image
     if image.array.dtype == bool:  # bilevel TIFFs: intensities, not truth values, for every model
         image.array = image.array.astype(np.uint8)
         metadata["original_dtype"] = "bool"

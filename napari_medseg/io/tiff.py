@@ -38,6 +38,10 @@ class _TiffLog(logging.Handler):
         logging.getLogger("tifffile").removeHandler(self)
 
 
+# tiled or pyramidal images above this size are read lazily (through tifffile's zarr store), smaller ones whole
+LAZY_BYTES = 256 * 2**20
+
+
 def read_tiff(path: Path) -> Image:
     import tifffile
 
@@ -45,6 +49,8 @@ def read_tiff(path: Path) -> Image:
         with _TiffLog() as log, tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             check_stored(series, tif.filehandle.size, path.name)
+            if is_large(series):
+                return _read_lazy(path, tif, series, log)
             check_memory(math.prod(series.shape) * series.dtype.itemsize, f"TIFF {path.name}")
             array = series.asarray()
             if array.shape != tuple(series.shape):  # tifffile logs a page it cannot decode and returns what it has
@@ -84,6 +90,41 @@ def read_tiff(path: Path) -> Image:
                  intensity="rgb" if rgb else "raw", channel_axis=channel_axis, metadata=metadata)
 
 
+def is_large(series) -> bool:
+    """A pyramid (several resolution levels), or a tiled image bigger than `LAZY_BYTES`."""
+    return len(series.levels) > 1 or (series.keyframe.is_tiled and
+                                      math.prod(series.shape) * series.dtype.itemsize > LAZY_BYTES)
+
+
+def _read_lazy(path: Path, tif, series, log: _TiffLog) -> Image:
+    """Every resolution level as a dask array over tifffile's zarr store: tiles are read when sliced."""
+    import dask.array as da
+    import tifffile
+    import zarr
+
+    store = tifffile.imread(path, aszarr=True, series=0)  # keeps its own file handle for the levels' reads
+    opened = zarr.open(store, mode="r")
+    arrays = [opened[str(i)] for i in range(len(series.levels))] if isinstance(opened, zarr.Group) else [opened]
+    levels, axes = [], ""
+    for array in arrays:
+        level, axes = _to_zyxc(da.from_zarr(array), series.axes.upper(), path.name)
+        levels.append(level)
+    page = tif.pages[0]
+    sizes, metadata = _physical_sizes(tif, page)
+    channel_axis = -1 if axes.endswith("C") else None
+    rgb = page.photometric == tifffile.PHOTOMETRIC.RGB and channel_axis is not None and levels[0].shape[-1] in (3, 4)
+    if rgb and levels[0].shape[-1] == 4 and len(page.extrasamples) > 0:
+        levels = [level[..., :3] for level in levels]
+        metadata.setdefault("warnings", []).append("alpha channel dropped")
+    metadata.update(format="tiff", original_dtype=str(series.dtype), axes=axes, levels=levels, lazy=True,
+                    warnings=[*log.messages, *metadata.get("warnings", [])])
+    spatial = axes.replace("C", "")
+    spacing = tuple(sizes.get(axis.lower(), 1.0) for axis in reversed(spatial))
+    return Image(levels[0], spacing, (0.0,) * len(spatial), np.eye(len(spatial)),
+                 modality="RGB" if rgb and len(spatial) == 2 else "microscopy",
+                 intensity="rgb" if rgb else "raw", channel_axis=channel_axis, metadata=metadata)
+
+
 def check_stored(series, file_size: int, name: str) -> None:
     """Every page's data lie within the file and can hold what its tags declare.
 
@@ -113,7 +154,7 @@ def check_stored(series, file_size: int, name: str) -> None:
 
 
 def _to_zyxc(array: np.ndarray, axes: str, name: str) -> tuple[np.ndarray, str]:
-    """Drop length-1 axes and order the rest as (Z,) Y, X (, C)."""
+    """Drop length-1 axes and order the rest as (Z,) Y, X (, C) (numpy or dask arrays)."""
     keep = [i for i, axis in enumerate(axes) if array.shape[i] > 1 or axis in "YX"]
     array = array.reshape([array.shape[i] for i in keep])
     axes = "".join(axes[i] for i in keep)

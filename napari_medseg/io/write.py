@@ -3,7 +3,8 @@
 NIfTI, NRRD and MetaImage carry the geometry themselves; PNG and TIFF keep it (with label names)
 in the sidecar (`formats.sidecar_path`), NIfTI keeps label names there too and (with colours) in
 TotalSegmentator's label-table extension (nifti_labels.py), NRRD and MetaImage in Slicer-style header keys.
-3D Slicer's seg.nrrd (seg_nrrd.py), DICOM-SEG (dicom_seg.py) and RTSTRUCT are written by their own modules.
+3D Slicer's seg.nrrd (seg_nrrd.py), DICOM-SEG (dicom_seg.py), RTSTRUCT and OME-Zarr labels (omezarr.py: chunk by
+chunk, only changed chunks) are written by their own modules.
 Files are written through `atomic.replacing`: the written temporary file is read back (header, shape, type,
 every data byte present, compressed streams' checksums) before it replaces the target, so a writer's silent
 short write (ITK's on a full disk) never replaces a file.
@@ -31,7 +32,7 @@ from .segments import segments_of
 from .sidecar import names_to_header, sidecar_replaced_with
 from .tiff import check_stored, write_tiff_labels
 
-_SUPPORTED = ".nii.gz, .nii, .nrrd, .seg.nrrd, .mha, .dcm (DICOM-SEG), .png or .tif"
+_SUPPORTED = ".nii.gz, .nii, .nrrd, .seg.nrrd, .mha, .dcm (DICOM-SEG), .png, .tif or .zarr (OME-Zarr labels)"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk and its CRC: every PNG's last 12 bytes
 
 
@@ -43,11 +44,16 @@ def write_labels(labels: np.ndarray, like: Image, path: str | Path,
     keeps them. DICOM-SEG needs `like` read from DICOM; `dicom_seg_type` is BINARY or LABELMAP."""
     path = Path(path).expanduser()
     chosen = format_of(path, fmt)
-    fmt = chosen if chosen in CLINICAL else WRITE_FORMATS.get(suffix_of(path))
+    fmt = chosen if chosen in CLINICAL + ("ome-zarr",) else WRITE_FORMATS.get(suffix_of(path))
     if fmt is None:
         raise ImageWriteError(f"Cannot write labels as '{suffix_of(path) or path.name}': use {_SUPPORTED}")
     if not path.parent.is_dir():
         raise ImageWriteError(f"Folder {path.parent} does not exist")
+    if chosen == "ome-zarr":  # chunk by chunk from any array-like; only changed chunks are written
+        from .omezarr import write_zarr_labels
+
+        write_zarr_labels(labels, like, path, label_names, label_colors=label_colors)
+        return path
     labels = _label_array(labels, like)
     if fmt == "png" and (labels.ndim != 2 or labels.dtype.itemsize > 2):
         problem = "are 3-D" if labels.ndim != 2 else "have values above 65535"

@@ -135,3 +135,33 @@ def test_core_warnings_during_a_task_become_notifications(make_napari_viewer):
     logging.getLogger("napari_medseg").warning("outside any task")
     QCoreApplication.processEvents()
     assert all(text != "outside any task" for _, text in messages)
+
+
+def test_ome_zarr_opens_multiscale_and_painted_labels_save_into_it(make_napari_viewer, tmp_path):
+    """Issue 21: the viewer shows an OME-Zarr pyramid as a multiscale layer at its physical scale; a labels
+    layer painted on it is saved into the image's own OME-Zarr (labels group) and comes back on reopening."""
+    import zarr
+
+    from napari_medseg._napari.layers import labels_layer_kwargs
+
+    path = tmp_path / "field.ome.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    rng = np.random.default_rng(0)
+    for level, side in enumerate((1024, 512)):
+        root.create_array(str(level), data=rng.integers(0, 4000, (side, side), dtype=np.uint16), chunks=(256, 256))
+    root.attrs.update({"multiscales": [{"version": "0.4", "axes": [
+        {"name": a, "type": "space", "unit": "micrometer"} for a in "yx"], "datasets": [
+        {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [0.25 * 2 ** i] * 2}]}
+        for i in range(2)]}]})
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin=PLUGIN)
+    assert layer.multiscale and len(layer.data) == 2 and tuple(layer.scale) == (0.00025, 0.00025)
+    image = read_image(path)
+    labels = viewer.add_labels(np.zeros(image.spatial_shape, np.uint8),
+                               **labels_layer_kwargs(image, "nuclei", {1: "nucleus"}))
+    labels.data[100:140, 200:260] = 1
+    labels.save(str(path), plugin=PLUGIN)
+    viewer.layers.clear()
+    layers = viewer.open(str(path), plugin=PLUGIN)
+    assert [type(layer).__name__ for layer in layers] == ["Image", "Labels"] and layers[1].name == "nuclei"
+    assert layers[1].multiscale and int(np.asarray(layers[1].data[0]).sum()) == 40 * 60
