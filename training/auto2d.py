@@ -143,7 +143,8 @@ class SliceAdapter(Adapter):
         pairs = []
         for case in self.val_cases:
             predicted = predict_auto2d(self.loaded, case.image, device=self.device, slices=self.validation_slices(case),
-                                       mirroring=False)  # as nnU-Net's per-epoch validation
+                                       mirroring=False,  # as nnU-Net's per-epoch validation
+                                       precision=self.options.precision)
             pairs.append((predicted, self.lookup[case.labels], reviewed_voxels(case)))
         return class_dice(pairs, self.classes)
 
@@ -455,15 +456,17 @@ class LvmMedUNetAdapter(SliceAdapter):
         (`inference.auto2d` has no LVM-Med path yet; switch to ``predict_auto2d`` once it has)."""
         from skimage.transform import resize
 
+        from napari_medseg.inference.precision import Precision, policy_dtype
         from napari_medseg.models.lvm_med_unet import prepare_input
 
         pre = self.loaded.preprocessing
+        run = Precision(self.device, policy_dtype(self.options.precision, None, self.device))  # as predict_auto2d
         pairs = []
         for case in self.val_cases:
             for z in case.slices():
                 image, labels = case.plane(z)
                 x = torch.from_numpy(prepare_input(image, int(pre["in_channels"]), int(pre["image_size"])))
-                predicted = self.network(x[None].to(self.device)).argmax(1)[0].cpu().numpy()
+                predicted = run(self.network, x[None].to(self.device)).argmax(1)[0].cpu().numpy()
                 predicted = resize(predicted, labels.shape, order=0, preserve_range=True, anti_aliasing=False)
                 pairs.append((predicted.astype(np.int64), self.lookup[labels], np.ones(labels.shape, bool)))
         return class_dice(pairs, self.classes)

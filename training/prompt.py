@@ -44,7 +44,7 @@ class PromptModule(nn.Module):
         self.network, self.profile = network, profile
         self.train_encoder, self.iou_weight = train_encoder, iou_weight
         self.loss = BinaryDiceCELoss()
-        self.embeddings: torch.Tensor | None = None  # frozen encoder: (slices, C, 64, 64) float16
+        self.embeddings: torch.Tensor | None = None  # frozen encoder: (training slices, C, 64, 64) float16
         self.has_unused_parameters = False
 
     def encode(self, batch: dict) -> torch.Tensor:
@@ -128,31 +128,42 @@ class PromptAdapter(Adapter):
                 self.planes.append(labels)
         self.train_keys = [self.slices[("train", c, i)] for c, i, _ in self.train_samples]
         self.val_keys = [self.slices[("val", c, i)] for c, i, _ in self.val_samples]
+        self.val_embeddings = None
         if not self.options.train_encoder:
-            self.module.embeddings = self._embed_all(progress, cancel)
+            self.module.embeddings, self.val_embeddings = self._embed_all(progress, cancel)
 
-    def _embed_all(self, progress, cancel) -> torch.Tensor:
-        """Embeddings of every slice with the frozen encoder (float16, on the device if they fit)."""
-        count = len(self.rgb)
-        steps = Progress(count, "Embedding slices", progress=progress, cancel=cancel)
+    def _embed_all(self, progress, cancel) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Embeddings of every slice with the frozen encoder, on the device if they fit: the training slices'
+        in float16 (what the decoder learns from), the held-out slices' as inference computes them under
+        ``options.precision`` (float32 for "faithful"), so validation scores the masks users get."""
+        from napari_medseg.inference.box2d import native_bf16
+
+        train_count = sum(tag == "train" for tag, _, _ in self.slices)  # slices are listed training first
+        val_count = len(self.rgb) - train_count
+        steps = Progress(len(self.rgb), "Embedding slices", progress=progress, cancel=cancel)
         store_device = self.device
-        embeddings = None
+        embeddings, val_embeddings = None, {}
+        fast = self.options.precision == "fast" and native_bf16(self.device)
         self.network.image_encoder.eval()
         for i, rgb in enumerate(self.rgb):
-            with torch.no_grad():
+            held_out = i >= train_count
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=held_out and fast):
                 x, _ = self.profile.encoder_input(rgb)
-                features = self.network.image_encoder(x).to(torch.float16)
+                features = self.network.image_encoder(x).float()
             if embeddings is None:
-                size_gb = count * features[0].numel() * 2 / 1e9
+                size_gb = features[0].numel() * (train_count * 2 + val_count * 4) / 1e9
                 if size_gb > self.options.embedding_cache_gb:
-                    raise MedsegError(f"{count} slices need {size_gb:.1f} GB of embeddings; label fewer slices or "
-                                      "raise embedding_cache_gb")
+                    raise MedsegError(f"{len(self.rgb)} slices need {size_gb:.1f} GB of embeddings; label fewer "
+                                      "slices or raise embedding_cache_gb")
                 if self.device.type == "cuda" and size_gb > 0.25 * torch.cuda.mem_get_info(self.device)[0] / 1e9:
                     store_device = torch.device("cpu")
-                embeddings = torch.empty((count, *features.shape[1:]), dtype=torch.float16, device=store_device)
-            embeddings[i] = features[0].to(store_device)
+                embeddings = torch.empty((train_count, *features.shape[1:]), dtype=torch.float16, device=store_device)
+            if held_out:
+                val_embeddings[i] = features.to(store_device)
+            else:
+                embeddings[i] = features[0].to(store_device, torch.float16)
             steps.step()
-        return embeddings
+        return embeddings, val_embeddings
 
     def sample_count(self) -> int:
         return len(self.train_samples)
@@ -207,7 +218,7 @@ class PromptAdapter(Adapter):
         rgb = self.rgb[key]
         hw = rgb.shape[:2]
         input_hw = model_frame(self.profile_name, self.size, hw)
-        if self.options.train_encoder or self.module.embeddings is None:
+        if self.val_embeddings is None:
             from napari_medseg.inference.box2d import native_bf16
 
             x, input_hw = self.profile.encoder_input(rgb)
@@ -215,7 +226,7 @@ class PromptAdapter(Adapter):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=fast):  # as BoxPredictor
                 embedding = self.network.image_encoder(x).float()
         else:
-            embedding = self.module.embeddings[key:key + 1].to(self.device).float()
+            embedding = self.val_embeddings[key].to(self.device)
         boxes = torch.as_tensor(self.profile.box(box, hw), dtype=torch.float32, device=self.device)[None]
         logits, _ = self.module.decode(embedding, boxes)
         return self.profile.mask(logits, input_hw, hw).cpu().numpy()

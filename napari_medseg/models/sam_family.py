@@ -222,6 +222,42 @@ class GELU(nn.GELU):
         return F.gelu(x)
 
 
+def _fusable(x: torch.Tensor) -> bool:
+    """Inference on a float32 CPU tensor outside autocast: oneDNN can apply a GELU or a residual sum inside
+    the convolution or matrix product that feeds it (one pass over the output instead of two; results
+    identical bit for bit)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.is_available())
+
+
+class ConvGELU(nn.Module):
+    """GELU of a (batch-norm-folded) convolution; on the CPU in inference one oneDNN call."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv, self.act = conv, GELU()
+
+    def forward(self, x):
+        conv = self.conv
+        if not _fusable(x):
+            return self.act(conv(x))
+        return torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, conv.padding, conv.stride,
+                                                       conv.dilation, conv.groups, "gelu", [], "none")
+
+
+class LinearGELU(nn.Module):
+    """GELU of a linear layer; on the CPU in inference one oneDNN call."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x):
+        if not _fusable(x):
+            return F.gelu(self.linear(x))
+        return torch.ops.mkldnn._linear_pointwise(x, self.linear.weight, self.linear.bias, "gelu", [], "none")
+
+
 class PatchEmbed(nn.Module):
     def __init__(self, in_chans: int, dim: int, kernel: int):
         super().__init__()
@@ -256,12 +292,20 @@ class MBConv(nn.Module):
             last = min(height, first + STRIP_ROWS)
             top, bottom = max(0, first - 1), min(height, last + 1)
             hidden = self.act2(self.conv2(self.act1(self.conv1(x[:, :, top:bottom]))))[:, :, first - top:last - top]
-            out[:, :, first:last] = self.act3(self.conv3(hidden) + x[:, :, first:last])
+            out[:, :, first:last] = self.act3(self._residual(hidden, x[:, :, first:last]))
         return out
 
     def _block(self, x):
-        y = self.act2(self.conv2(self.act1(self.conv1(x))))
-        return self.act3(self.conv3(y) + x)
+        return self.act3(self._residual(self.act2(self.conv2(self.act1(self.conv1(x)))), x))
+
+    def _residual(self, hidden, x):
+        """conv3(hidden) + x; a folded convolution on the CPU in inference adds x inside oneDNN's call."""
+        conv = self.conv3
+        if not (isinstance(conv, nn.Conv2d) and _fusable(x)):
+            return conv(hidden) + x
+        return torch.ops.mkldnn._convolution_pointwise.binary(hidden, x, conv.weight, conv.bias, conv.padding,
+                                                              conv.stride, conv.dilation, conv.groups, "add",
+                                                              None, None, [], None)
 
 
 class PatchMerging(nn.Module):
@@ -291,12 +335,17 @@ class WindowAttention(nn.Module):
         index = [offsets.setdefault((abs(a[0] - b[0]), abs(a[1] - b[1])), len(offsets)) for a in points for b in points]
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, len(offsets)))
         self.register_buffer("attention_bias_idxs", torch.tensor(index).view(len(points), len(points)), persistent=False)
+        self.register_buffer("fixed_bias", None, persistent=False)  # the expanded bias, kept by inference copies
+
+    def expanded_bias(self) -> torch.Tensor:
+        """(1, heads, L, L) additive attention bias (4-D: the fused CPU kernel)."""
+        return self.attention_biases[:, self.attention_bias_idxs][None]
 
     def forward(self, x):  # (N, L, C)
         n, length, _ = x.shape
         qkv = self.qkv(self.norm(x)).view(n, length, self.num_heads, 3 * self.head_dim).transpose(1, 2)
         q, k, v = qkv.split(self.head_dim, dim=-1)
-        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)[None]  # 4-D: the fused CPU kernel
+        bias = (self.expanded_bias() if self.fixed_bias is None else self.fixed_bias).to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(out.transpose(1, 2).reshape(n, length, -1))
 
@@ -394,16 +443,34 @@ def _fold_batch_norms(module: nn.Module) -> None:
             _fold_batch_norms(child)
 
 
+def _fuse_gelus(encoder: TinyViT) -> None:
+    """Each convolution or linear layer followed by a GELU (batch norms folded) becomes one fused module."""
+    for module in encoder.modules():
+        if isinstance(module, MBConv):
+            module.conv1, module.act1 = ConvGELU(module.conv1), nn.Identity()
+            module.conv2, module.act2 = ConvGELU(module.conv2), nn.Identity()
+        elif isinstance(module, PatchMerging):
+            module.conv1, module.conv2, module.act = ConvGELU(module.conv1), ConvGELU(module.conv2), nn.Identity()
+        elif isinstance(module, PatchEmbed):
+            module.seq[0], module.seq[1] = ConvGELU(module.seq[0]), nn.Identity()
+        elif isinstance(module, Mlp):
+            module.fc1, module.act = LinearGELU(module.fc1), nn.Identity()
+        elif isinstance(module, WindowAttention):
+            module.fixed_bias = module.expanded_bias().detach()
+
+
 def encoder_for_inference(network: nn.Module) -> nn.Module:
     """The image encoder of ``network`` prepared for fast inference; outputs equal within rounding.
 
-    TinyViT: a copy with batch norms folded into the convolutions, in channels-last memory (rebuild it
-    after changing the weights). ViT: the encoder itself, switched to fused attention.
+    TinyViT: a copy with batch norms folded into the convolutions, GELUs fused into the layers that feed
+    them and the attention biases expanded once, in channels-last memory (rebuild it after changing the
+    weights). ViT: the encoder itself, switched to fused attention.
     """
     encoder = network.image_encoder
     if isinstance(encoder, TinyViT):
         encoder = copy.deepcopy(encoder).eval()
         _fold_batch_norms(encoder)
+        _fuse_gelus(encoder)
         return encoder.to(memory_format=torch.channels_last)
     use_fused_attention(encoder)
     return encoder

@@ -79,6 +79,34 @@ def test_lite_medsam_inference_encoder_is_equivalent(lite_medsam):
         assert relative_error(fast(image), lite_medsam.network.image_encoder(image)) <= 1e-4
 
 
+def test_lite_medsam_inference_encoder_fuses_gelus_bit_for_bit(lite_medsam):
+    """On the CPU every GELU but the one after each residual sum runs inside oneDNN's convolution or matrix
+    product, residual sums inside the convolution, attention biases are expanded once; results do not change."""
+    import copy
+
+    from torch.profiler import profile
+
+    fused = sf.encoder_for_inference(lite_medsam.network)
+    folded = copy.deepcopy(lite_medsam.network.image_encoder).eval()
+    sf._fold_batch_norms(folded)
+    folded = folded.to(memory_format=torch.channels_last)
+    image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(4)).contiguous(memory_format=torch.channels_last)
+    residual_gelus = []
+    for block in fused.modules():
+        if isinstance(block, sf.MBConv):
+            block.act3.register_forward_hook(lambda *_: residual_gelus.append(1))
+    with torch.inference_mode():
+        expected = folded(image)
+        with profile() as prof:
+            out = fused(image)
+        assert torch.equal(out, expected)
+        separate = len(residual_gelus)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the fast path keeps autocast's own kernels
+            assert torch.equal(fused(image), folded(image))
+    counts = {event.key: event.count for event in prof.key_averages()}
+    assert counts["aten::gelu"] == separate and "aten::index" not in counts
+
+
 def test_small_sam_checkpoint_loads_and_matches(tmp_path):
     official = small_sam()
     path = tmp_path / "sam_small.pth"

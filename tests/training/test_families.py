@@ -134,3 +134,41 @@ def test_slices_of_different_sizes_stack_with_the_padding_left_out_of_the_loss()
     assert stacked.valid[:2].sum() == 2 * 12 and stacked.valid[2].sum() == 10
     assert (stacked.data[2, :, :2] == 2).all() and (stacked.data[2, :, 2:] == 0).all()
     assert not stacked.valid[0, 3:].any() and (stacked.labels[0, 3:] == 0).all()
+
+
+@pytest.mark.parametrize("precision", ["faithful", "fast"])
+def test_automatic_validation_predicts_with_the_chosen_precision(precision, small_mni, monkeypatch):
+    import napari_medseg.inference.auto2d as auto2d
+
+    image, labels = small_mni
+    cases = [Case("mni", image, labels, classes=WM)]
+    architecture = ROUND_TRIP["swin-umamba-d"][0]
+    adapter = make_adapter(scratch_model(get_card("swin-umamba-d"), cases, architecture=architecture), "swin-umamba-d",
+                           "cpu", TrainOptions(architecture=architecture, precision=precision), WM)
+    adapter.prepare(*split_cases(cases))
+    asked = []
+
+    def predict(loaded, image, **options):  # the inference entry point, recording what validation asks of it
+        asked.append(options.get("precision"))
+        return np.zeros(image.spatial_shape, np.uint8)
+
+    monkeypatch.setattr(auto2d, "predict_auto2d", predict)
+    adapter.validate()
+    assert asked and set(asked) == {precision}
+
+
+def test_lite_medsam_validation_uses_float32_embeddings(mni, monkeypatch):
+    t1, labels = mni
+    adapter = make_adapter(initial_model(get_card("lite-medsam")), "lite-medsam", "cpu")
+    adapter.prepare([Case("mni", t1, labels, {"all": False, "slices": [90]})],
+                    [Case("mni held out", t1, labels, {"all": False, "slices": [100]})])
+    assert adapter.module.embeddings.dtype is torch.float16  # training reads the compact copies
+    decoded = []
+    decode = adapter.module.decode
+    monkeypatch.setattr(adapter.module, "decode", lambda embeddings, boxes: decoded.append(embeddings) or decode(embeddings, boxes))
+    adapter.eval_mode()
+    with torch.no_grad():
+        adapter.validate()
+        x, _ = adapter.profile.encoder_input(adapter.rgb[adapter.val_keys[0]])
+        expected = adapter.network.image_encoder(x)
+    assert decoded and all(torch.equal(e, expected) for e in decoded)  # the faithful encoder's output, not fp16's
