@@ -161,7 +161,7 @@ def slab(make_napari_viewer, recovery_folder):
     viewer, widget = segment_widget(make_napari_viewer)
     brain_slab(viewer)
     show_slice(viewer, 6)
-    widget.precision_combo.setCurrentText("fast")  # as in test_widget's propagation test
+    assert widget.precision_combo.currentText() == "faithful"
     reports, notes = [], []
     widget.runner._bridge.progressed.connect(lambda done, total, message: reports.append((done, total, message)))
     widget._notify = lambda level, text: notes.append((level, text))
