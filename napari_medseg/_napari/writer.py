@@ -17,7 +17,9 @@ def write_labels_layer(path: str, data, attributes: dict) -> list[str]:
     info = metadata.get(META_KEY, {})
     names = {int(k): v for k, v in (info.get("label_names") or {}).items()}
     colors = {int(k): v for k, v in (info.get("label_colors") or {}).items()}
-    written = [str(write_labels(data, like, path, label_names=names or None, label_colors=colors or None))]
+    classes = {int(k): v for k, v in (info.get("label_classes") or {}).items()}
+    written = [str(write_labels(data, like, path, label_names=names or None, label_colors=colors or None,
+                                label_classes=classes or None))]
     from .recovery import note_saved
 
     note_saved(data)  # the layer is in a file now: no recovery copy needed
