@@ -123,6 +123,9 @@ def test_fine_tune_dock_fits_1366x768_beside_the_segment_widget(make_napari_view
         QApplication.processEvents()
     assert (window.width(), window.height()) == (1366, 768)
     assert not widget.train_button.visibleRegion().isEmpty()  # the dock is shown, its button on screen
+    # nothing wider than the dock: Cancel and the plot's right edge were behind a horizontal scroll bar
+    assert widget.scroll_area.widget().width() <= widget.scroll_area.viewport().width()
+    assert widget.cancel_button.visibleRegion().boundingRect().width() == widget.cancel_button.width()
     widget.scroll_area.ensureWidgetVisible(widget.canvas)
     QApplication.processEvents()
     assert not widget.canvas.visibleRegion().isEmpty()
