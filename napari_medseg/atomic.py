@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,8 +113,9 @@ def atomic_write_json(target: str | Path, content, *, mode: int | None = None) -
     return atomic_write_text(target, json.dumps(content, indent=1, allow_nan=False), mode=mode)
 
 
-def remove_stale_temps(folder: str | Path, *, recursive: bool = False) -> list[Path]:
-    """Delete temporary files that a killed writer left in ``folder``; returns what was removed."""
+def remove_stale_temps(folder: str | Path, *, recursive: bool = False, min_age_s: float = 0) -> list[Path]:
+    """Delete temporary files that a killed writer left in ``folder``; returns what was removed. Where a
+    live writer may be at work (no lock held), ``min_age_s`` spares temporaries modified more recently."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -121,7 +123,7 @@ def remove_stale_temps(folder: str | Path, *, recursive: bool = False) -> list[P
     removed = []
     for path in folder.glob(pattern):
         try:
-            if path.is_file():
+            if path.is_file() and (not min_age_s or time.time() - path.stat().st_mtime >= min_age_s):
                 path.unlink()
                 removed.append(path)
         except OSError:

@@ -25,6 +25,7 @@ from .atomic import fsync_dir, remove_stale_temps, replacing
 
 log = logging.getLogger(__name__)
 SUFFIX = ".npz"
+STALE_TEMP_S = 600  # a temporary file this old was left by a killed writer (a copy takes seconds)
 
 
 def recovery_dir() -> Path:
@@ -93,7 +94,7 @@ class RecoveryStore:
         folders = [self.folder / key] if key else [p for p in self.folder.glob("*") if p.is_dir()]
         found = []
         for folder in folders:
-            remove_stale_temps(folder)
+            remove_stale_temps(folder, min_age_s=STALE_TEMP_S)  # another viewer may be writing a copy now
             for path in folder.glob(f"*{SUFFIX}"):
                 try:
                     with np.load(path, allow_pickle=False) as stored:

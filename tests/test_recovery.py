@@ -1,10 +1,11 @@
 """Recovery copies of labels: found again by image content, atomic, damaged copies skipped."""
 import os
+import time
 
 import numpy as np
 
 from napari_medseg import atomic
-from napari_medseg.recovery import RecoveryStore, image_key, recovery_dir
+from napari_medseg.recovery import STALE_TEMP_S, RecoveryStore, image_key, recovery_dir
 
 
 def test_a_copy_comes_back_for_the_same_image_content(tmp_path):
@@ -46,8 +47,12 @@ def test_damaged_copies_and_killed_writers_are_skipped(tmp_path):
     store.path("k", "bad").write_bytes(b"truncated")
     stale = atomic.temp_path(store.path("k", "half"))
     stale.write_bytes(b"x")
+    writing = atomic.temp_path(store.path("k", "live"))  # another viewer's copy being written now
+    writing.write_bytes(b"y")
+    old = time.time() - STALE_TEMP_S - 1
+    os.utime(stale, (old, old))
     assert [s.name for s in store.snapshots()] == ["good"]
-    assert not stale.exists() and good.exists()
+    assert not stale.exists() and good.exists() and writing.exists()
 
 
 def test_folder_from_environment(monkeypatch, tmp_path):

@@ -3,7 +3,8 @@
 Layout::
 
     <project>/project.json                    {"format", "version", "created", "classes"}
-    <project>/entries/<entry-id>/entry.json   image reference, labels file + sha256, classes, prompts,
+    <project>/entries/<entry-id>/entry.json   image reference, labels file + sha256, classes (names),
+                                              the objects' own classes and colours, prompts,
                                               reviewed slices, report text, timestamps
     <project>/entries/<entry-id>/labels-<revision>.nii.gz   label map in the image's geometry
     <project>/entries/<entry-id>/image.mha    a copy, only for images without a readable file
@@ -151,6 +152,8 @@ class Entry:
     labels_sha256: str
     classes: dict[int, str]
     prompts: list[dict] = field(default_factory=list)
+    label_classes: dict[int, str] = field(default_factory=dict)  # the class each object was given ("lesion")
+    label_colors: dict[int, tuple] = field(default_factory=dict)  # 0-255 RGB, as the labels were shown
     reviewed: dict = field(default_factory=lambda: {"all": False, "slices": []})
     report: str = ""
     revision: int = 1
@@ -183,6 +186,8 @@ class Entry:
         return {
             "id": self.id, "image": self.image, "labels_file": self.labels_file, "labels_sha256": self.labels_sha256,
             "classes": {str(k): v for k, v in self.classes.items()}, "prompts": self.prompts,
+            "label_classes": {str(k): v for k, v in self.label_classes.items()},
+            "label_colors": {str(k): list(v) for k, v in self.label_colors.items()},
             "reviewed": self.reviewed, "report": self.report, "revision": self.revision,
             "created": self.created, "modified": self.modified,
         }
@@ -208,6 +213,16 @@ class Entry:
                 classes[int(key)] = _text(name, f"class {key}")
             except ValueError:
                 raise _damaged(f"class value {key!r} is not an integer") from None
+        label_classes, label_colors = {}, {}
+        try:
+            for key, name in _mapping(content.get("label_classes", {}), "label_classes").items():
+                label_classes[int(key)] = _text(name, f"the class of label {key}")
+            for key, rgb in _mapping(content.get("label_colors", {}), "label_colors").items():
+                if not isinstance(rgb, list) or len(rgb) != 3:
+                    raise _damaged(f"the colour of label {key} is {rgb!r}, not [R, G, B]")
+                label_colors[int(key)] = tuple(_integer(c, f"a colour of label {key}") for c in rgb)
+        except ValueError:
+            raise _damaged("a label value of the objects is not an integer") from None
         prompts = content.get("prompts", [])
         if not isinstance(prompts, list) or not all(isinstance(p, dict) for p in prompts):
             raise _damaged("prompts are not a list of objects")
@@ -223,6 +238,7 @@ class Entry:
             id=_text(content["id"], "id"), folder=folder, image=image,
             labels_file=_text(content["labels_file"], "labels_file"),
             labels_sha256=_text(content["labels_sha256"], "labels_sha256"), classes=classes, prompts=list(prompts),
+            label_classes=label_classes, label_colors=label_colors,
             reviewed=reviewed, report=_text(content.get("report", ""), "report"), revision=revision,
             created=_text(content.get("created", ""), "created"), modified=_text(content.get("modified", ""), "modified"),
         )
@@ -447,8 +463,13 @@ class AnnotationStore:
 
     # ---- writing -----------------------------------------------------------------------------
     def save(self, image: Image, labels: np.ndarray, *, classes: dict[int, str] | None = None,
-             prompts: list[dict] | None = None, reviewed: dict | None = None, report: str | None = None) -> Entry:
+             prompts: list[dict] | None = None, reviewed: dict | None = None, report: str | None = None,
+             label_classes: dict[int, str] | None = None, label_colors: dict[int, tuple] | None = None) -> Entry:
         """Save (or update) the labels of ``image``.
+
+        ``classes`` names the label values; ``label_classes`` (the class each object was given) and
+        ``label_colors`` (RGB, 0-255 or napari's 0-1) replace the entry's, when given, and are written
+        with the labels too.
 
         ``prompts`` are appended to the entry's history (each a dict such as ``{"kind": "box",
         "box": [x0, y0, x1, y1], "z": 12, "label": 1}``); ``reviewed`` (``{"all": bool, "slices":
@@ -461,13 +482,16 @@ class AnnotationStore:
         digest = image_hash(image)
         try:
             with self._locked():  # read, merge and write as one step: other processes wait
-                return self._save(image, digest, labels, classes, prompts, reviewed, report)
+                return self._save(image, digest, labels, classes, prompts, reviewed, report, label_classes,
+                                  label_colors)
         except OSError as exc:  # a read-only or full project folder: nothing was named in entry.json
             where = f" ({exc.filename})" if exc.filename else ""
             raise MedsegError(f"Cannot save into the project {self.folder}: {exc.strerror or exc}{where}") from None
 
-    def _save(self, image, digest, labels, classes, prompts, reviewed, report) -> Entry:
+    def _save(self, image, digest, labels, classes, prompts, reviewed, report, label_classes=None,
+              label_colors=None) -> Entry:
         from napari_medseg.io import write_labels
+        from napari_medseg.io.segments import checked_color
 
         self._read_manifest()  # other processes' classes
         entry = self.find(image, digest)
@@ -495,8 +519,13 @@ class AnnotationStore:
         entry.reviewed = self._merge_reviewed(entry.reviewed, reviewed, labels)
         if report is not None:
             entry.report = report
+        if label_classes is not None:
+            entry.label_classes = {int(k): str(v) for k, v in label_classes.items() if v}
+        if label_colors is not None:
+            entry.label_colors = {int(k): checked_color(v, int(k)) for k, v in label_colors.items()}
         labels_path = entry.labels_path
-        write_labels(labels, image.with_array(labels), labels_path, label_names=entry.classes)
+        write_labels(labels, image.with_array(labels), labels_path, label_names=entry.classes,
+                     label_colors=entry.label_colors or None, label_classes=entry.label_classes or None)
         for path in (labels_path, sidecar_path(labels_path)):  # durable before entry.json names them
             if path.is_file():
                 atomic.fsync_file(path)

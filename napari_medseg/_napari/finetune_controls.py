@@ -11,7 +11,7 @@ from qtpy.QtWidgets import QFileDialog
 from ..errors import MedsegError
 from .combos import fill_combo
 from .finetune_gui import FinetuneGui
-from .layers import META_KEY, labels_layer_kwargs, reference_image
+from .layers import META_KEY, label_colormap, labels_layer_kwargs, reference_image
 
 
 def layer_image(layer):
@@ -154,6 +154,11 @@ class FinetuneControls(FinetuneGui):
             return
         labels = self.store.read_labels(entry)
         kwargs = labels_layer_kwargs(image, name, label_names=entry.classes)
+        if entry.label_classes:  # the objects' classes and colours, as the Segment widget's object list showed them
+            kwargs["metadata"][META_KEY]["label_classes"] = dict(entry.label_classes)
+        if entry.label_colors:
+            kwargs["metadata"][META_KEY]["label_colors"] = dict(entry.label_colors)
+            kwargs["colormap"] = label_colormap(entry.label_colors)
         layer = self.viewer.add_layer(Labels(labels.astype(np.uint16), **kwargs))
         self._saved[layer.name] = _digest(layer.data)
         self._reviewed[layer.name] = set(entry.reviewed.get("slices", []))
@@ -175,7 +180,8 @@ class FinetuneControls(FinetuneGui):
         digest = _digest(data)
         if self._saved.get(labels_layer.name) == digest and not notify:
             return False
-        names = labels_layer.metadata.get(META_KEY, {}).get("label_names") or {}
+        info = labels_layer.metadata.get(META_KEY, {})
+        names = info.get("label_names") or {}
         reviewed = None
         if data.ndim == 3:
             from ..training.store import labelled_slices
@@ -187,7 +193,8 @@ class FinetuneControls(FinetuneGui):
         reports = [p["report"] for p in prompts if p.get("report")]
         try:
             self.store.save(image, data, classes={int(k): str(v) for k, v in names.items()}, reviewed=reviewed,
-                            prompts=new_prompts or None, report=reports[-1] if reports else None)
+                            prompts=new_prompts or None, report=reports[-1] if reports else None,
+                            label_classes=info.get("label_classes"), label_colors=info.get("label_colors"))
         except MedsegError as exc:
             self._notify("error", f"Could not save the labels: {exc}")
             return False

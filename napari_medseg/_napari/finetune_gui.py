@@ -13,6 +13,8 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from .docks import narrow_combos
+
 BUDGET_UNITS = {"epochs": "--epochs", "minutes": "--time", "steps": "--steps"}
 
 
@@ -127,11 +129,14 @@ class FinetuneGui(QWidget):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
+        # the controls take the dock's width: wider, the right edge (Cancel, the plot) fell behind a scroll bar
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(content)
         self.scroll_area = scroll
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(scroll)
+        narrow_combos(self)
 
     def _make_plot(self):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
@@ -141,7 +146,7 @@ class FinetuneGui(QWidget):
         self.loss_axes = figure.add_subplot(111)
         self.dice_axes = self.loss_axes.twinx()
         canvas = FigureCanvasQTAgg(figure)
-        canvas.setMinimumHeight(200)
+        canvas.setMinimumSize(160, 200)  # the figure's 4 inches are a preference, not a minimum
         return canvas
 
     def plot(self, metrics: dict) -> None:

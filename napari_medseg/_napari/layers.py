@@ -67,22 +67,29 @@ def labels_layer_kwargs(image: Image, name: str, label_names: dict[int, str] | N
 
 
 def labels_layer_data(image: Image) -> tuple:
-    """A label file (DICOM-SEG, seg.nrrd) as a labels layer with its names and colours."""
-    from napari.utils.colormaps import DirectLabelColormap
-
+    """A label file (DICOM-SEG, seg.nrrd) as a labels layer with its names, classes and colours."""
     names = image.metadata.get("label_names") or {}
     colors = image.metadata.get("label_colors") or {}
     kwargs = labels_layer_kwargs(image, image.path.name if image.path else "labels", names)
     kwargs["metadata"][META_KEY]["label_colors"] = colors
+    if "label_classes" in image.metadata:  # the objects' classes, as the Segment widget's object list shows them
+        kwargs["metadata"][META_KEY]["label_classes"] = image.metadata["label_classes"]
     if colors:
-        transparent = np.zeros(4)
-        color_dict = {None: transparent, 0: transparent}
-        color_dict.update({value: np.append(np.asarray(rgb) / 255, 1.0) for value, rgb in colors.items()})
-        kwargs["colormap"] = DirectLabelColormap(color_dict=color_dict)
+        kwargs["colormap"] = label_colormap(colors)
     levels = lazy_levels(image)
     if levels:
         kwargs["multiscale"] = True
     return levels or image.array, kwargs, "labels"
+
+
+def label_colormap(colors: dict[int, tuple]):
+    """A napari colormap showing each value in its 0-255 RGB colour (the background transparent)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    transparent = np.zeros(4)
+    color_dict = {None: transparent, 0: transparent}
+    color_dict.update({value: np.append(np.asarray(rgb) / 255, 1.0) for value, rgb in colors.items()})
+    return DirectLabelColormap(color_dict=color_dict)
 
 
 def reference_image(layer_data: np.ndarray, metadata: dict, attributes: dict | None = None) -> Image:

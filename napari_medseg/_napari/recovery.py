@@ -2,12 +2,18 @@
 change, offered back when their image is opened again, and a viewer with unsaved labels asks before closing.
 
 The copies themselves are `napari_medseg.recovery` (Qt-free); this module only watches layers, runs the
-debounce timer and shows the two questions.
+debounce timer and shows the two questions. Hashing an image (the copies' folder) and writing the copies run
+in background workers of the task runner (`runner.create_worker`): a large volume never freezes the viewer.
+Copies are written one batch at a time, from a snapshot of the labels taken when the batch starts; a failure
+is reported once until a copy is written again.
 """
 from __future__ import annotations
 
+import copy
 import time
 import weakref
+
+import numpy as np
 
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QFileDialog, QMessageBox
@@ -45,6 +51,11 @@ class Recovery(QObject):
         self._dirty: set[int] = set()  # changed since the last recovery copy
         self._unsaved: set[int] = set()  # changed since the last save to a file
         self._keys: dict[int, str] = {}  # id(image layer) -> content hash
+        self._hashing: dict[int, list] = {}  # id(image layer) -> callbacks waiting for its hash
+        self._workers: set = set()  # hashing and copying workers not finished yet
+        self._saving = None  # the worker writing copies now
+        self._save_again = False  # changes arrived while it wrote
+        self._failing = False  # a failure was reported and nothing has succeeded since
         self._written: set = set()  # copies this session wrote (never offered back to itself)
         self.prompt: QMessageBox | None = None
         self._offered: tuple = ([], None)  # (snapshots, image layer) the prompt asks about
@@ -71,20 +82,76 @@ class Recovery(QObject):
 
         (notifications.show_warning if level == "warning" else notifications.show_info)(message)
 
+    def _report(self, message: str) -> None:
+        """A failure, notified once until something succeeds again (a full disk would fail every 2 s)."""
+        if not self._failing:
+            self._failing = True
+            self._notify("warning", message)
+
+    def _start(self, fn, *args, returned=None, errored=None):
+        from .runner import create_worker
+
+        worker = create_worker(fn, *args)
+        self._workers.add(worker)
+        if returned is not None:
+            worker.returned.connect(returned)
+        if errored is not None:
+            worker.errored.connect(errored)
+        worker.finished.connect(lambda: self._workers.discard(worker))
+        worker.start()
+        return worker
+
+    def wait(self, timeout_ms: int = 60000) -> bool:
+        """Process events until the hashing and copying started so far (and what they start) are done."""
+        from .runner import wait_for_workers
+
+        deadline = time.monotonic() + timeout_ms / 1000
+        while self._workers and time.monotonic() < deadline:
+            wait_for_workers(int((deadline - time.monotonic()) * 1000), list(self._workers))
+        return not self._workers
+
     # ---- watching ---------------------------------------------------------------------------
-    def key(self, image_layer) -> str:
+    def with_key(self, image_layer, then) -> None:
+        """Call ``then(content hash of the image)`` on the GUI thread, hashing in a worker the first time."""
         image_layer = _real(image_layer)
-        if id(image_layer) not in self._keys:
-            self._keys[id(image_layer)] = image_key(image_layer.data)
-        return self._keys[id(image_layer)]
+        layer_id = id(image_layer)
+        if layer_id in self._keys:
+            return then(self._keys[layer_id])
+        if layer_id in self._hashing:
+            return self._hashing[layer_id].append(then)
+        self._hashing[layer_id] = [then]
+        name = image_layer.name
+
+        def hashed(key):
+            callbacks = self._hashing.pop(layer_id, None)
+            if callbacks is None:  # the image layer was removed meanwhile
+                return
+            self._keys[layer_id] = key
+            for callback in callbacks:
+                callback(key)
+
+        def failed(exc):
+            self._hashing.pop(layer_id, None)
+            self._report(f"Could not read {name} for its recovery copies: {exc}")
+
+        self._start(image_key, image_layer.data, returned=hashed, errored=failed)
 
     def watch(self, labels, image_layer) -> None:
-        """Keep recovery copies of ``labels`` (of ``image_layer``) from now on; counts as a change."""
+        """Keep recovery copies of ``labels`` (of ``image_layer``) from now on; counts as a change (the first
+        copy waits for the image's hash)."""
         labels = _real(labels)
         if id(labels) not in self._watched:
-            self._watched[id(labels)] = (labels, self.key(image_layer))
+            entry = self._watched[id(labels)] = [labels, None]
             for event in (labels.events.paint, labels.events.data, labels.events.labels_update):
                 event.connect(self._layer_changed)  # a bound method: psygnal holds it weakly, the viewer can go
+
+            def keyed(key):
+                if self._watched.get(id(labels)) is entry:
+                    entry[1] = key
+                    if id(labels) in self._dirty:
+                        self.timer.start()
+
+            self.with_key(image_layer, keyed)
         self.changed(labels)
 
     def _layer_changed(self, event) -> None:
@@ -98,18 +165,62 @@ class Recovery(QObject):
             self.timer.start()  # restarts: one copy after the edits pause
 
     def save_now(self) -> None:
-        """Write a recovery copy of every watched layer changed since its last copy."""
+        """Start writing a recovery copy of every watched layer changed since its last copy (in a worker, from
+        a snapshot of the labels taken now; `wait` waits for it)."""
         self.timer.stop()
+        if self._saving is not None:
+            self._save_again = True
+            return
+        batch = []
         for layer_id in sorted(self._dirty):
             labels, key = self._watched[layer_id]
-            try:
-                path = self.store.save(key, labels.name, labels.data, scale=labels.scale, translate=labels.translate,
-                                       metadata=labels.metadata)
-            except OSError as exc:
-                self._notify("warning", f"Could not write the recovery copy of {labels.name}: {exc}")
+            if key is None:  # its image is still being hashed: copied when the hash is known
                 continue
-            self._written.add(path)
+            batch.append((layer_id, key, labels.name, np.array(labels.data), tuple(labels.scale),
+                          tuple(labels.translate), copy.deepcopy(labels.metadata)))
             self._dirty.discard(layer_id)
+        if not batch:
+            return
+        names = ", ".join(item[2] for item in batch)
+
+        def errored(exc):  # anything but the OSErrors _write_copies reports
+            self._dirty.update(item[0] for item in batch)
+            self._report(f"Could not write the recovery copy of {names}: {exc}")
+
+        def finished():
+            self._saving = None
+            if self._save_again:
+                self._save_again = False
+                self.save_now()
+
+        self._saving = self._start(self._write_copies, batch, returned=self._copies_written, errored=errored)
+        self._saving.finished.connect(finished)
+
+    def _write_copies(self, batch) -> tuple[list, list]:
+        """In a worker: ([(layer id, key, name, path)] written, [(layer id, name, error)] failed)."""
+        written, failed = [], []
+        for layer_id, key, name, data, scale, translate, metadata in batch:
+            try:
+                path = self.store.save(key, name, data, scale=scale, translate=translate, metadata=metadata)
+            except OSError as exc:
+                failed.append((layer_id, name, exc))
+                continue
+            written.append((layer_id, key, name, path))
+        return written, failed
+
+    def _copies_written(self, result) -> None:
+        written, failed = result
+        for layer_id, key, name, path in written:
+            self._written.add(path)
+            if layer_id not in self._unsaved:  # saved to a file (or discarded) while the copy was written
+                self.store.discard(key, name)
+        for layer_id, _name, _exc in failed:
+            self._dirty.add(layer_id)  # tried again after the next change
+        if failed:
+            layer_id, name, exc = failed[0]
+            self._report(f"Could not write the recovery copy of {name}: {exc}")
+        elif written:
+            self._failing = False
 
     def unsaved(self) -> list:
         return [self._watched[i][0] for i in sorted(self._unsaved)]
@@ -121,7 +232,9 @@ class Recovery(QObject):
         if layer_id in self._watched:
             self._unsaved.discard(layer_id)
             self._dirty.discard(layer_id)
-            self.store.discard(self._watched[layer_id][1], labels.name)
+            key = self._watched[layer_id][1]
+            if key is not None:  # None: still hashing, so no copy was written yet
+                self.store.discard(key, labels.name)
 
     def saved_data(self, data) -> None:
         for labels, _ in list(self._watched.values()):
@@ -134,17 +247,23 @@ class Recovery(QObject):
             self.mark_saved(layer)
             del self._watched[id(layer)]
         self._keys.pop(id(layer), None)
+        self._hashing.pop(id(layer), None)
 
     # ---- offering copies back ---------------------------------------------------------------
-    def offer(self, image_layer) -> QMessageBox | None:
-        """Ask (without blocking) whether to restore the copies left for ``image_layer``'s image."""
+    def offer(self, image_layer) -> None:
+        """Ask (without blocking) whether to restore the copies left for ``image_layer``'s image, once its
+        hash is known (`prompt` is the question then)."""
         from napari.layers import Image
 
-        if not isinstance(image_layer, Image):
-            return None
-        snapshots = [s for s in self.store.snapshots(self.key(image_layer)) if s.path not in self._written]
+        if isinstance(image_layer, Image):
+            self.with_key(image_layer, lambda key: self._ask(image_layer, key))
+
+    def _ask(self, image_layer, key: str) -> None:
+        if self.viewer is None or image_layer not in self.viewer.layers:
+            return
+        snapshots = [s for s in self.store.snapshots(key) if s.path not in self._written]
         if not snapshots:
-            return None
+            return
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(snapshots[0].saved))
         names = ", ".join(s.name for s in snapshots)
         box = QMessageBox(QMessageBox.Icon.Question, "Recover labels",
@@ -157,7 +276,6 @@ class Recovery(QObject):
         self._offered = (snapshots, image_layer)
         box.show()
         self.prompt = box
-        return box
 
     def _answered(self, button) -> None:
         snapshots, image_layer = self._offered

@@ -128,7 +128,10 @@ class _WarningsTo(logging.Handler):
 
 
 class TaskRunner(QWidget):
-    """A progress bar plus Cancel; ``run(fn, on_done)`` calls ``fn(progress=..., cancel=...)`` in a thread."""
+    """A progress bar plus Cancel; ``run(fn, on_done)`` calls ``fn(progress=..., cancel=...)`` in a thread.
+    ``busy_changed`` tells when a task starts (True) and when it has finished (False)."""
+
+    busy_changed = Signal(bool)
 
     def __init__(self, notify: Callable[[str, str], None], parent=None):
         super().__init__(parent)
@@ -202,6 +205,7 @@ class TaskRunner(QWidget):
         def finished():
             self._worker = None
             self._set_idle("Ready")
+            self.busy_changed.emit(False)
             if on_finally:
                 on_finally()
 
@@ -211,6 +215,7 @@ class TaskRunner(QWidget):
         worker.finished.connect(finished)
         self._worker = worker
         worker.start()
+        self.busy_changed.emit(True)
         return True
 
     def wait(self, timeout_ms: int = 60000) -> None:

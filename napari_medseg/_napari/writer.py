@@ -27,6 +27,7 @@ def write_labels_layer(path: str, data, attributes: dict, fmt: str | None = None
     info = metadata.get(META_KEY, {})
     names = {int(k): v for k, v in (info.get("label_names") or {}).items()}
     colors = {int(k): v for k, v in (info.get("label_colors") or {}).items()}
+    classes = {int(k): v for k, v in (info.get("label_classes") or {}).items()}
     if zarr_target:  # the layer's name names the label image (IMAGE.zarr/labels/NAME)
         import re
 
@@ -37,7 +38,7 @@ def write_labels_layer(path: str, data, attributes: dict, fmt: str | None = None
         written = [path]
     else:
         written = [str(write_labels(data, like, path, label_names=names or None, label_colors=colors or None,
-                                    fmt=fmt))]
+                                    label_classes=classes or None, fmt=fmt))]
     from .recovery import note_saved
 
     note_saved(data)  # the layer is in a file now: no recovery copy needed

@@ -72,6 +72,8 @@ def propagate_slices(predictor, slice_at: Callable[[int], np.ndarray], count: in
     the object is gone: the mask falls below ``min_area_fraction`` of the start area or ``min_pixels``,
     or its mean intensity moves from the start object's towards the surrounding background by more than
     ``max_intensity_change`` of their contrast (box models still outline something inside an empty box).
+    Only that direction counts: a mask that stands out from the background more than the start object
+    did (a bright object brighter on the next slice) is still the object.
     The start slice itself is not yielded. Cancellation raises `Cancelled` between slices.
     """
     from .box2d import _box_region, _grown_box, to_uint8_rgb
@@ -88,7 +90,9 @@ def propagate_slices(predictor, slice_at: Callable[[int], np.ndarray], count: in
     grey = to_uint8_rgb(first, display_range).mean(axis=2)
     ring = _box_region(start_mask, _grown_box(start_mask, 2 * margin + 2)) & ~start_mask
     object_level = grey[start_mask].mean()
-    tolerance = max_intensity_change * abs(object_level - (grey[ring].mean() if ring.any() else object_level))
+    contrast = object_level - (grey[ring].mean() if ring.any() else object_level)
+    tolerance = max_intensity_change * abs(contrast)
+    towards_background = -np.sign(contrast)  # a change of level in this sign moves towards the background
     steps = Progress(plan.total, plan.message(start), progress=progress, cancel=cancel)
     for direction in plan.directions:
         previous, index = start_mask, start + direction
@@ -98,7 +102,7 @@ def propagate_slices(predictor, slice_at: Callable[[int], np.ndarray], count: in
             predictor.set_image(pixels, display_range=display_range)
             predicted = predictor.predict(box=_grown_box(previous, margin))
             level = to_uint8_rgb(pixels, display_range).mean(axis=2)[predicted].mean() if predicted.any() else None
-            if predicted.sum() < min_area or (tolerance and abs(level - object_level) > tolerance):
+            if predicted.sum() < min_area or (tolerance and (level - object_level) * towards_background > tolerance):
                 plan.stop(direction)
                 steps.total = plan.total
                 break

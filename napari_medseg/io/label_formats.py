@@ -74,11 +74,12 @@ def check_target(like, path: str | Path, fmt: str | None = None) -> str:
 
 
 def write_clinical(fmt: str, labels, like, path: Path, names: dict[int, str], colors: dict | None,
-                   dicom_seg_type: str = "BINARY") -> Path:
-    """DICOM-SEG, RTSTRUCT or seg.nrrd: each checks its input (one line) before any slow work and writes atomically."""
+                   dicom_seg_type: str = "BINARY", classes: dict[int, str] | None = None) -> Path:
+    """DICOM-SEG, RTSTRUCT or seg.nrrd: each checks its input (one line) before any slow work and writes
+    atomically; the objects' ``classes`` are kept by seg.nrrd."""
     from .segments import segments_of
 
-    segments = segments_of(labels, names, colors)
+    segments = segments_of(labels, names, colors, classes=classes)
     if fmt == "dicom-seg":
         from .dicom_seg import write_dicom_seg
 

@@ -1,8 +1,9 @@
 """Labelled NIfTI: the label table (names and RGB) in a NIfTI header extension, as TotalSegmentator writes it.
 
 The extension holds a Caret-style XML document: CaretExtension / VolumeInformation / LabelTable with one
-<Label Key="value" Red=".." Green=".." Blue=".." Alpha="1">name</Label> per label (colour components 0-1)
-and VolumeType "Label". TotalSegmentator stores it under extension code 0 (and reads the first extension);
+<Label Key="value" Red=".." Green=".." Blue=".." Alpha="1">name</Label> per label (colour components 0-1;
+an object's class, when it has one, in a Class attribute, which readers of the table that do not know it
+skip) and VolumeType "Label". TotalSegmentator stores it under extension code 0 (and reads the first extension);
 we write code 0 too and, reading, take the first extension of any code that holds such a table.
 Voxels and geometry are written with nibabel (RAS affine, sform and qform code 1, millimetres). Labels on a
 single axial DICOM slice keep the slice's place in 3-D: the 2-D file's affine carries its z position and
@@ -28,6 +29,8 @@ def label_table_xml(segments: list[Segment]) -> bytes:
     for segment in segments:
         red, green, blue = (f"{c / 255:.6g}" for c in segment.color)
         label = ET.SubElement(table, "Label", Key=str(segment.value), Red=red, Green=green, Blue=blue, Alpha="1")
+        if segment.object_class:
+            label.set("Class", segment.object_class)
         label.text = segment.name
     ET.SubElement(info, "VolumeType").text = "Label"
     return ET.tostring(root, encoding="UTF-8", xml_declaration=True)
@@ -64,8 +67,9 @@ def write_labelled_nifti(labels: np.ndarray, like: Image, path: Path, segments: 
     nib.save(nii, str(path))
 
 
-def read_label_table(nii) -> tuple[dict[int, str], dict[int, tuple[int, int, int]]]:
-    """Names and colours (0-255) from the first label-table extension of a nibabel image; ({}, {}) if none."""
+def read_label_table(nii) -> tuple[dict[int, str], dict[int, tuple[int, int, int]], dict[int, str]]:
+    """Names, colours (0-255) and classes from the first label-table extension of a nibabel image;
+    ({}, {}, {}) if none."""
     for extension in nii.header.extensions:
         try:
             root = ET.fromstring(extension.get_content())
@@ -74,7 +78,7 @@ def read_label_table(nii) -> tuple[dict[int, str], dict[int, tuple[int, int, int
         labels = root.findall("./VolumeInformation/LabelTable/Label")
         if root.tag != "CaretExtension" or not labels:
             continue
-        names, colors = {}, {}
+        names, colors, classes = {}, {}, {}
         for label in labels:
             try:
                 key = int(label.get("Key"))
@@ -84,5 +88,7 @@ def read_label_table(nii) -> tuple[dict[int, str], dict[int, tuple[int, int, int
             names[key] = (label.text or "").strip()
             if all(0 <= c <= 1 for c in rgb):
                 colors[key] = tuple(int(round(c * 255)) for c in rgb)
-        return names, colors
-    return {}, {}
+            if label.get("Class"):
+                classes[key] = label.get("Class")
+        return names, colors, classes
+    return {}, {}, {}

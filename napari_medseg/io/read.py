@@ -7,7 +7,8 @@ see omezarr.py and tiff.py. They are not scanned for NaN.
 metadata keys: "format" (nifti, nrrd, metaimage, dicom, tiff, png, jpeg, bmp), "original_dtype",
 "warnings" (list of one-line strings, always present), "label_names" ({value: name}, when the
 header or our JSON sidecar has them), "label_colors" ({value: (r, g, b)} 0-255, from a seg.nrrd, a NIfTI
-label table or a DICOM-SEG) and per format: DICOM-SEG (format "dicom-seg": a label map of segment
+label table, a NRRD/MetaImage header, our sidecar or a DICOM-SEG), "label_classes" ({value: the object's
+class}, from the same headers, label table or sidecar) and per format: DICOM-SEG (format "dicom-seg": a label map of segment
 numbers) "segmentation_type", "referenced_series_uids"; DICOM "series_uid", "series_key",
 "series_description", "series_number", "num_files", "slice_geometry" (single slices), "gantry_tilt"
 (a tilted series resampled onto an orthogonal grid: degrees, the source slices' shape, origin and offsets);
@@ -41,7 +42,7 @@ from .nifti_labels import read_label_table
 from .omezarr import is_ome_zarr, read_ome_zarr
 from .photo import read_photo
 from .seg_nrrd import colors_from_header
-from .sidecar import names_from_header, read_sidecar
+from .sidecar import classes_from_header, names_from_header, read_sidecar
 from .tiff import read_tiff
 
 __all__ = ["list_dicom_series", "read_image"]
@@ -111,12 +112,14 @@ def _read_with_sitk(path: Path, fmt: str, progress, cancel) -> Image:
     fields, warnings = _header_fields(img)
     modality = _modality(fields)
     metadata = {"format": fmt, "warnings": warnings, "label_names": names_from_header(fields)}
-    colors = colors_from_header(fields)
+    colors, classes = colors_from_header(fields), classes_from_header(fields)
     if nii is not None:
-        names, colors = read_label_table(nii)
+        names, colors, classes = read_label_table(nii)
         metadata["label_names"] = metadata["label_names"] or names
     if colors:
         metadata["label_colors"] = colors
+    if classes:
+        metadata["label_classes"] = classes
     image = image_from_sitk(img, path.name, modality=modality, intensity="HU" if modality == "CT" else "raw",
                             metadata=metadata)
     if nii is None:
@@ -169,6 +172,9 @@ def _finish(image: Image, path: Path) -> Image:
     sidecar = read_sidecar(path) if path.is_file() else {}
     if not metadata.get("label_names"):
         metadata["label_names"] = sidecar.get("label_names", {})
+    for key in ("label_colors", "label_classes"):  # the header's or label table's come first
+        if sidecar.get(key) and not metadata.get(key):
+            metadata[key] = sidecar[key]
     geometry = sidecar.get("geometry")
     if metadata["format"] in ("png", "tiff") and geometry and tuple(geometry["shape"]) == image.spatial_shape:
         image.spacing, image.origin = tuple(geometry["spacing"]), tuple(geometry["origin"])

@@ -2,7 +2,8 @@
 
 Names come from the caller (a model's classes, a layer's label names); colours from the caller, else from
 the TotalSegmentator class table when the name is one of its classes, else from a fixed palette, so that
-the same label gets the same colour in every file. Only values that occur in the labels are segments.
+the same label gets the same colour in every file; an object's class (the user's "liver", "lesion") from the
+caller. Only values that occur in the labels are segments.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class Segment:
     color: RGB  # 0-255
     group: str | None = None  # the class table's group ("organs", "vertebrae", ...) when known
     codes: dict[str, Code] | None = None  # the class table's terminology codes when the name is one of its classes
+    object_class: str = ""  # the class the user gave the object ("" when none)
 
     @property
     def category(self) -> Code:
@@ -80,12 +82,13 @@ def checked_color(value, label: int) -> RGB:
 
 
 def segments_of(labels: np.ndarray, names: dict[int, str] | None = None,
-                colors: dict[int, tuple] | None = None, *, given_only: bool = False) -> list[Segment]:
-    """One `Segment` per non-zero value present in `labels`, or (`given_only`) per value named or coloured,
-    present or not (a label table, like the headers and sidecars, keeps every name it is given)."""
-    names, colors, known = names or {}, colors or {}, _known_classes()
+                colors: dict[int, tuple] | None = None, *, classes: dict[int, str] | None = None,
+                given_only: bool = False) -> list[Segment]:
+    """One `Segment` per non-zero value present in `labels`, or (`given_only`) per value named, coloured or
+    classed, present or not (a label table, like the headers and sidecars, keeps every name it is given)."""
+    names, colors, classes, known = names or {}, colors or {}, classes or {}, _known_classes()
     if given_only:
-        values = sorted({int(v) for v in (*names, *colors) if int(v) > 0})
+        values = sorted({int(v) for v in (*names, *colors, *classes) if int(v) > 0})
     else:
         values = present_values(labels)
     segments = []
@@ -96,5 +99,5 @@ def segments_of(labels: np.ndarray, names: dict[int, str] | None = None,
             color = checked_color(colors[value], value)
         else:
             color = table_color or palette_color(value)
-        segments.append(Segment(value, name, color, group, codes))
+        segments.append(Segment(value, name, color, group, codes, str(classes.get(value) or "")))
     return segments

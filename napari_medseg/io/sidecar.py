@@ -1,10 +1,13 @@
 """Label names (and, for PNG/TIFF, geometry) kept next to label files or in their headers.
 
 - JSON sidecar `<file name>.json` (`formats.sidecar_path`, one per label file): {"format": "napari-medseg
-  labels", "label_names": {"1": "liver"}, "geometry": Image.geometry()}; other JSON files (e.g. BIDS
+  labels", "label_names": {"1": "liver"}, "label_colors": {"1": [221, 130, 101]}, "label_classes": {"1":
+  "organ"}, "geometry": Image.geometry()} (colours and classes when given); other JSON files (e.g. BIDS
   sidecars) are ignored. Sidecars named the old way (`<stem>.json`) are read while no other image
   file in the folder could own them, and replaced by the new name when the file is written again.
-- NRRD/MetaImage header keys in 3D Slicer's segmentation style: Segment{i}_Name, _LabelValue, _ID, _Layer.
+- NRRD/MetaImage header keys in 3D Slicer's segmentation style: Segment{i}_Name, _LabelValue, _ID, _Layer,
+  _Color (0-1 RGB, when given) and _Tags, where an object's class is our tag `MedsegClass:<class>` (URL-quoted:
+  Slicer's tags are `key:value|key:value|`).
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import quote, unquote
 
 from napari_medseg.atomic import replacing, write_new  # unique temp, fsync, umask permissions
 
@@ -20,6 +24,8 @@ from .formats import legacy_sidecar_path, shares_legacy_sidecar, sidecar_path
 
 SIDECAR_FORMAT = "napari-medseg labels"
 _SEGMENT_KEY = re.compile(r"^Segment(\d+)_(Name|LabelValue)$")
+_TAGS_KEY = re.compile(r"^Segment(\d+)_(Tags|LabelValue)$")
+CLASS_TAG = "MedsegClass"
 
 
 def read_sidecar(path: Path) -> dict:
@@ -30,6 +36,8 @@ def read_sidecar(path: Path) -> dict:
     if content is None:
         return {}
     content["label_names"] = {int(k): str(v) for k, v in content.get("label_names", {}).items()}
+    content["label_colors"] = {int(k): tuple(int(c) for c in v) for k, v in content.get("label_colors", {}).items()}
+    content["label_classes"] = {int(k): str(v) for k, v in content.get("label_classes", {}).items()}
     return content
 
 
@@ -44,14 +52,20 @@ def _ours(target: Path) -> dict | None:
 
 
 @contextmanager
-def sidecar_replaced_with(path: Path, label_names: dict[int, str] | None, geometry: dict | None) -> Iterator[None]:
+def sidecar_replaced_with(path: Path, label_names: dict[int, str] | None, geometry: dict | None,
+                          label_colors: dict[int, tuple] | None = None,
+                          label_classes: dict[int, str] | None = None) -> Iterator[None]:
     """``with sidecar_replaced_with(labels_path, names, geometry): write the labels``: the sidecar is
     written before the block (a full disk fails before the labels change) and replaces the old one
-    only after the block succeeded; without names or geometry a stale sidecar of ours is removed then.
-    An old-style sidecar of this file is retired."""
+    only after the block succeeded; without names, colours (0-255 RGB), classes or geometry a stale
+    sidecar of ours is removed then. An old-style sidecar of this file is retired."""
     target = sidecar_path(path)
-    if label_names or geometry is not None:
+    if label_names or label_colors or label_classes or geometry is not None:
         content = {"format": SIDECAR_FORMAT, "label_names": {str(k): v for k, v in (label_names or {}).items()}}
+        if label_colors:
+            content["label_colors"] = {str(k): [int(c) for c in v] for k, v in label_colors.items()}
+        if label_classes:
+            content["label_classes"] = {str(k): v for k, v in label_classes.items()}
         if geometry is not None:
             content["geometry"] = geometry
         with replacing(target) as temp:
@@ -87,10 +101,42 @@ def names_from_header(fields: dict[str, str]) -> dict[int, str]:
     return found
 
 
-def names_to_header(label_names: dict[int, str]) -> dict[str, str]:
-    """Slicer segment keys for every non-zero label (0 is the background, not a segment)."""
+def names_to_header(label_names: dict[int, str], label_colors: dict[int, tuple] | None = None,
+                    label_classes: dict[int, str] | None = None) -> dict[str, str]:
+    """Slicer segment keys for every non-zero label named, coloured (0-255 RGB) or classed (0 is the
+    background, not a segment)."""
+    colors, classes = label_colors or {}, label_classes or {}
     fields = {}
-    for index, (value, name) in enumerate(sorted(item for item in label_names.items() if item[0] != 0)):
-        fields.update({f"Segment{index}_ID": f"Segment_{value}", f"Segment{index}_Name": name,
-                       f"Segment{index}_LabelValue": str(value), f"Segment{index}_Layer": "0"})
+    for index, value in enumerate(sorted({*label_names, *colors, *classes} - {0})):
+        prefix = f"Segment{index}_"
+        fields.update({prefix + "ID": f"Segment_{value}", prefix + "Name": label_names.get(value, f"Segment_{value}"),
+                       prefix + "LabelValue": str(value), prefix + "Layer": "0"})
+        if value in colors:
+            fields[prefix + "Color"] = " ".join(f"{c / 255:.6g}" for c in colors[value])
+        if classes.get(value):
+            fields[prefix + "Tags"] = class_tag(classes[value])
     return fields
+
+
+def class_tag(object_class: str) -> str:
+    """An object's class as one of Slicer's segment tags (``key:value|``)."""
+    return f"{CLASS_TAG}:{quote(object_class, safe=' ')}|"
+
+
+def classes_from_header(fields: dict[str, str]) -> dict[int, str]:
+    """Object classes from our tag in Slicer-style Segment{i}_Tags / Segment{i}_LabelValue header keys."""
+    tags, values = {}, {}
+    for key, value in fields.items():
+        match = _TAGS_KEY.match(key)
+        if match:
+            (tags if match[2] == "Tags" else values)[int(match[1])] = value
+    found = {}
+    for index, text in tags.items():
+        for tag in text.split("|"):
+            key, _, value = tag.partition(":")
+            if key == CLASS_TAG and value:
+                try:
+                    found[int(values.get(index, index + 1))] = unquote(value)
+                except ValueError:
+                    continue
+    return found

@@ -28,7 +28,7 @@ from .label_formats import CLINICAL, format_of, write_clinical
 from .nifti import check_nifti_data, nifti_header
 from .nifti_labels import write_labelled_nifti
 from .photo import write_png_labels
-from .segments import segments_of
+from .segments import checked_color, segments_of
 from .sidecar import names_to_header, sidecar_replaced_with
 from .tiff import check_stored, write_tiff_labels
 
@@ -38,10 +38,12 @@ _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk and its CRC
 
 def write_labels(labels: np.ndarray, like: Image, path: str | Path,
                  label_names: dict[int, str] | None = None, *, label_colors: dict[int, tuple] | None = None,
-                 fmt: str | None = None, dicom_seg_type: str = "BINARY") -> Path:
+                 label_classes: dict[int, str] | None = None, fmt: str | None = None,
+                 dicom_seg_type: str = "BINARY") -> Path:
     """Write `labels` (shape `like.spatial_shape`) as NIfTI, NRRD, 3D Slicer seg.nrrd, MetaImage, DICOM-SEG,
-    PNG or TIFF, chosen by `fmt` (see label_formats.NAMES) or the file name; colours (RGB) where the format
-    keeps them. DICOM-SEG needs `like` read from DICOM; `dicom_seg_type` is BINARY or LABELMAP."""
+    PNG or TIFF, chosen by `fmt` (see label_formats.NAMES) or the file name; colours (RGB) and the objects'
+    classes where the format keeps them (headers, label table, sidecar; not yet DICOM-SEG and RTSTRUCT).
+    DICOM-SEG needs `like` read from DICOM; `dicom_seg_type` is BINARY or LABELMAP."""
     path = Path(path).expanduser()
     chosen = format_of(path, fmt)
     fmt = chosen if chosen in CLINICAL + ("ome-zarr",) else WRITE_FORMATS.get(suffix_of(path))
@@ -59,21 +61,25 @@ def write_labels(labels: np.ndarray, like: Image, path: str | Path,
         problem = "are 3-D" if labels.ndim != 2 else "have values above 65535"
         raise ImageWriteError(f"PNG cannot hold these labels: they {problem}; use .nii.gz, .nrrd, .mha or .tif")
     names = {int(k): str(v) for k, v in (label_names or {}).items()}
+    colors = {int(k): checked_color(v, int(k)) for k, v in (label_colors or {}).items()}
+    classes = {int(k): str(v) for k, v in (label_classes or {}).items() if v}
     if fmt in CLINICAL:  # their own modules: segment metadata, atomic writes
-        return write_clinical(fmt, labels, like, path, names, label_colors, dicom_seg_type)
+        return write_clinical(fmt, labels, like, path, names, colors, dicom_seg_type, classes)
     try:
         with ExitStack() as sidecar:
             if fmt in ("nifti", "png", "tiff"):  # written first, replaced after the labels
-                sidecar.enter_context(sidecar_replaced_with(path, names, like.geometry() if fmt != "nifti" else None))
+                sidecar.enter_context(sidecar_replaced_with(path, names, like.geometry() if fmt != "nifti" else None,
+                                                            colors, classes))
             with replacing(path, verify=written_check(path, labels.shape, labels.dtype)) as temp:
                 if fmt == "png":
                     write_png_labels(labels, temp)
                 elif fmt == "tiff":
                     write_tiff_labels(labels, like, temp)
                 elif fmt == "nifti":  # with the label table extension (names, colours), as TotalSegmentator
-                    write_labelled_nifti(labels, like, temp, segments_of(labels, names, label_colors, given_only=True))
+                    write_labelled_nifti(labels, like, temp,
+                                         segments_of(labels, names, colors, classes=classes, given_only=True))
                 else:
-                    _write_with_sitk(labels, like, temp, names)
+                    _write_with_sitk(labels, like, temp, names_to_header(names, colors, classes))
     except MedsegError:
         raise
     except Exception as exc:  # OSError, SimpleITK RuntimeError, tifffile/Pillow errors
@@ -102,11 +108,11 @@ def _label_array(labels, like: Image) -> np.ndarray:
     raise ImageWriteError(f"Label value {high} is too large (at most {np.iinfo(np.uint32).max})")
 
 
-def _write_with_sitk(labels: np.ndarray, like: Image, path: Path, names: dict[int, str]) -> None:
+def _write_with_sitk(labels: np.ndarray, like: Image, path: Path, fields: dict[str, str]) -> None:
     import SimpleITK as sitk
 
     img = sitk_from_array(labels, like)
-    for key, value in names_to_header(names).items():
+    for key, value in fields.items():
         img.SetMetaData(key, value)
     sitk.WriteImage(img, str(path), useCompression=True)
 

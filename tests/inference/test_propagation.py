@@ -87,3 +87,16 @@ def test_plan_estimates_time_from_the_slices_done():
     assert plan.total == 2 + 10 and plan.seconds_left() == pytest.approx(20.0)
     with pytest.raises(ValueError):
         PropagationPlan(5, 2, directions=(2,))
+
+
+def test_only_a_change_towards_the_background_ends_the_object():
+    """A tolerance of half the object/background contrast holds one way only: brighter than a bright
+    start object is still the object; half-way to the background is not."""
+    vol = np.full((30, 32, 32), 20, np.uint8)
+    vol[5:25, 8:20, 8:20] = 150  # start object: 150 over 20, a tolerance of 65 grey levels
+    vol[15:20, 8:20, 8:20] = 250  # 100 brighter: away from the background
+    vol[22:25, 8:20, 8:20] = 140  # 10 darker: still the object
+    vol[25:, 8:20, 8:20] = 135  # beyond: 15 darker again, still bright enough for the threshold
+    vol[25:, 8:20, 8:20][::2] = 40  # but half its pixels near the background: the mean moves 67 towards it
+    found = dict(run(vol, 10, max_intensity_change=0.5))
+    assert sorted(found) == [i for i in range(5, 25) if i != 10]

@@ -201,3 +201,20 @@ def test_dicom_slice_labels_land_where_dcm2niix_puts_the_slice(tmp_path, pydicom
     assert len(ijk) > 1000 and (there[:, 2] == 0).all()
     hu = np.asanyarray(reference.dataobj).reshape(reference.shape[:2])
     np.testing.assert_array_equal(hu[there[:, 0], there[:, 1]], slice_.array.T[ijk[:, 0], ijk[:, 1]])
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".seg.nrrd", ".nrrd", ".mha", ".tif"])
+def test_object_classes_and_colours_round_trip(tmp_path, suffix):
+    """Every format with label metadata gives back each object's name, class and colour as written."""
+    labels = np.zeros((4, 6, 8), np.uint8)
+    labels[1, 1:3, 1:3], labels[2, 3:5, 4:7], labels[3, 0, 0] = 1, 2, 7
+    like = Image(np.zeros(labels.shape, np.float32), (0.8, 0.9, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    names = {1: "liver tumour", 2: "left kidney", 7: "cyst"}
+    classes = {1: "lesion | suspicious: yes", 2: "organ"}  # 7 has none; separators survive the tags
+    colors = {1: (250, 10, 20), 2: (0.0, 0.5, 1.0, 1.0), 7: (3, 200, 90)}  # 0-255 RGB or napari's RGBA
+    path = write_labels(labels, like, tmp_path / f"objects{suffix}", names, label_colors=colors,
+                        label_classes={**classes, 7: ""})
+    read = read_image(path).metadata
+    assert read["label_names"] == names
+    assert read["label_classes"] == classes
+    assert read["label_colors"] == {1: (250, 10, 20), 2: (0, 128, 255), 7: (3, 200, 90)}

@@ -101,3 +101,31 @@ def test_slice_changes_do_not_rescan_but_undo_does(make_napari_viewer):
     widget.refresh_objects()
     assert widget.object_list.table.rowCount() == 0
     assert wait_for_workers(60000)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".tif"])
+def test_classes_and_colours_are_saved_and_read_back_into_the_list(two_objects, tmp_path, qtbot, suffix):
+    from napari.layers import Labels
+
+    from napari_medseg._napari.layers import labels_layer_data
+
+    viewer, widget, labels = two_objects
+    widget.rename_object(1, "left kidney")
+    widget.set_object_class(1, "organ")
+    widget.set_object_class(2, "cyst")
+    widget.recolor_object(2, (0.0, 1.0, 0.0, 1.0))
+    shown = tuple(round(float(c) * 255) for c in np.asarray(labels.colormap.map(1)).ravel()[:3])
+    path = tmp_path / f"labels{suffix}"
+    labels.save(str(path), plugin="napari-medseg")
+    metadata = read_image(path).metadata
+    assert metadata["label_classes"] == {1: "organ", 2: "cyst"}
+    assert metadata["label_colors"] == {1: shown, 2: (0, 255, 0)}
+
+    data, kwargs, _ = labels_layer_data(read_image(path))
+    reopened = viewer.add_layer(Labels(data, **kwargs))
+    widget.labels_combo.setCurrentText(reopened.name)
+    table = widget.object_list.table
+    qtbot.waitUntil(lambda: table.rowCount() == 2 and table.item(0, NAME).text() == "left kidney", timeout=5000)
+    assert [table.item(r, CLASS).text() for r in range(2)] == ["organ", "cyst"]
+    swatches = [table.item(r, 0).data(Qt.ItemDataRole.DecorationRole) for r in range(2)]
+    assert [(s.red(), s.green(), s.blue()) for s in swatches] == [shown, (0, 255, 0)]

@@ -61,3 +61,40 @@ def test_every_missing_weights_hint_names_a_real_source():
         hint = weight_status(card).detail
         assert card.weight.url == folder and card.family == "swin_umamba"
         assert f"the {card.name.split('(')[1].split(',')[0]} checkpoint" in hint and f"install {card.id}" in hint
+
+
+def test_shortcuts_obey_the_run_buttons(dock, qtbot):
+    """S and B, pressed on the canvas, do nothing but say why while their buttons are disabled."""
+    import threading
+
+    viewer, _, widget = dock
+    canvas = viewer.window._qt_viewer.canvas.native
+    pressed, notes = [], []
+    for action in ("segment_prompts", "draw_box"):
+        setattr(widget, action, lambda action=action: pressed.append(action))
+    widget._notify = lambda level, text: notes.append((level, text))
+
+    def press(key):
+        canvas.setFocus()
+        qtbot.keyClick(canvas, key)
+
+    widget.model_combo.setCurrentIndex(widget.model_combo.findData("medsam"))  # weights missing
+    press(Qt.Key.Key_S)
+    press(Qt.Key.Key_B)
+    assert pressed == [] and len(notes) == 2 and all("weights missing" in text for _, text in notes)
+
+    widget.model_combo.setCurrentIndex(widget.model_combo.findData("lite-medsam"))  # bundled
+    release = threading.Event()
+    widget.runner.run(lambda progress, cancel: release.wait(30), lambda _: None, "Busy")
+    assert not widget.segment_button.isEnabled() and not widget.box_button.isEnabled()
+    notes.clear()
+    press(Qt.Key.Key_S)
+    press(Qt.Key.Key_B)
+    assert pressed == [] and [level for level, _ in notes] == ["warning", "warning"]
+    assert all("Still working" in text for _, text in notes)
+    release.set()
+    widget.runner.wait(30000)
+    assert widget.segment_button.isEnabled() and widget.box_button.isEnabled()
+    press(Qt.Key.Key_B)
+    press(Qt.Key.Key_S)
+    assert pressed == ["draw_box", "segment_prompts"]

@@ -74,6 +74,7 @@ def test_labels_are_copied_after_edits_and_offered_back_after_a_crash(make_napar
     # the first viewer "crashes" (is never closed by the user); a new session opens the same image
     viewer2, widget2 = segment_widget(make_napari_viewer)
     viewer2.open_sample(PLUGIN, "ct")
+    qtbot.waitUntil(lambda: widget2.recovery.prompt is not None, timeout=5000)  # once the image is hashed
     prompt = widget2.recovery.prompt
     assert prompt is not None and prompt.isVisible() and "CT (pydicom CT_small) labels" in prompt.text()
     next(b for b in prompt.buttons() if b.text() == "Restore").click()
@@ -86,7 +87,9 @@ def test_labels_are_copied_after_edits_and_offered_back_after_a_crash(make_napar
     widget2.recovery.mark_saved(restored)
     labels.paint((61, 61), 6)  # the first session goes on working and writes a new copy
     widget.recovery.save_now()
+    assert widget.recovery.wait()
     viewer3.open_sample(PLUGIN, "ct")
+    qtbot.waitUntil(lambda: widget3.recovery.prompt is not None, timeout=5000)
     next(b for b in widget3.recovery.prompt.buttons() if b.text() == "Discard").click()
     assert store.snapshots() == []
 
@@ -97,7 +100,9 @@ def test_closing_with_unsaved_labels_asks_save_discard_cancel(make_napari_viewer
     viewer.open_sample(PLUGIN, "ct")
     window = viewer.window._qt_window
     labels = model_mask(widget, viewer.layers[0])
+    assert widget.recovery.wait()  # the image's hash
     widget.recovery.save_now()
+    assert widget.recovery.wait()
     store = RecoveryStore(recovery_folder)
     assert len(store.snapshots()) == 1
 
@@ -118,6 +123,7 @@ def test_closing_with_unsaved_labels_asks_save_discard_cancel(make_napari_viewer
 
     labels.paint((5, 5), 3)  # unsaved again; Discard closes and drops the copy
     widget.recovery.save_now()
+    assert widget.recovery.wait()
     assert len(store.snapshots()) == 1
     asked = answer(QMessageBox.StandardButton.Discard)
     assert widget.recovery.eventFilter(window, UserClose()) is False and asked
@@ -129,10 +135,58 @@ def test_saving_through_the_plugin_writer_counts_as_saved(make_napari_viewer, re
     viewer, widget = segment_widget(make_napari_viewer)
     viewer.open_sample(PLUGIN, "ct")
     labels = model_mask(widget, viewer.layers[0])
+    assert widget.recovery.wait()  # the image's hash
     widget.recovery.save_now()
+    assert widget.recovery.wait()
     viewer.layers.selection.active = labels
     viewer.layers.save(str(tmp_path / "saved.nii.gz"), selected=True, plugin=PLUGIN)
     assert widget.recovery.unsaved() == [] and RecoveryStore(recovery_folder).snapshots() == []
+
+
+def test_hashing_and_copies_run_off_the_gui_thread_and_failures_are_told_once(make_napari_viewer, recovery_folder,
+                                                                             monkeypatch, qtbot):
+    import threading
+
+    import napari_medseg._napari.recovery as viewer_recovery
+
+    threads = []
+
+    def recording(function):
+        def wrapper(*args, **kwargs):
+            threads.append((function.__name__, threading.current_thread()))
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(viewer_recovery, "image_key", recording(viewer_recovery.image_key))
+    monkeypatch.setattr(RecoveryStore, "save", recording(RecoveryStore.save))
+    viewer, widget = segment_widget(make_napari_viewer)
+    notes = []
+    monkeypatch.setattr(widget.recovery, "_notify", lambda level, text: notes.append((level, text)))
+    viewer.open_sample(PLUGIN, "ct")
+    labels = model_mask(widget, viewer.layers[0])
+    labels.paint((60, 60), 5)
+    labels.metadata["medseg"]["label_names"] = {1: "vertebra"}
+    assert widget.recovery.wait()  # the image's hash; then a copy
+    widget.recovery.save_now()
+    assert widget.recovery.wait()
+    assert {name for name, _ in threads} == {"image_key", "save"}
+    assert all(thread is not threading.main_thread() for _, thread in threads)
+    (snapshot,) = RecoveryStore(recovery_folder).snapshots()
+    data, header = snapshot.load()
+    assert np.array_equal(data, labels.data) and (data == 5).any()
+    assert header["name"] == labels.name and header["metadata"]["medseg"]["label_names"] == {"1": "vertebra"}
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(RecoveryStore, "save", full_disk)
+    for value in (6, 7):  # two failed copies, one warning
+        labels.paint((61, 61), value)
+        widget.recovery.save_now()
+        assert widget.recovery.wait()
+    assert notes == [("warning", f"Could not write the recovery copy of {labels.name}: [Errno 28] No space left "
+                                 "on device")]
+    assert widget.recovery.unsaved() == [labels]
 
 
 # ---- propagation
@@ -161,7 +215,7 @@ def slab(make_napari_viewer, recovery_folder):
     viewer, widget = segment_widget(make_napari_viewer)
     brain_slab(viewer)
     show_slice(viewer, 6)
-    widget.precision_combo.setCurrentText("fast")  # as in test_widget's propagation test
+    assert widget.precision_combo.currentText() == "faithful"
     reports, notes = [], []
     widget.runner._bridge.progressed.connect(lambda done, total, message: reports.append((done, total, message)))
     widget._notify = lambda level, text: notes.append((level, text))

@@ -96,6 +96,7 @@ def test_shortcuts_reach_the_widget_whichever_layer_is_active(session, active):
     widget.draw_box()
     shapes = viewer.layers["medseg boxes"]
     shapes.add_rectangles(np.array([[5, 5], [5, 20], [20, 20], [20, 5]], float))
+    widget.runner.wait(180000)  # the box's mask: B and S start nothing while a run is in flight
     shapes.mode = "pan_zoom"
     monkeypatched = []
     widget.segment_prompts = lambda: monkeypatched.append("S")  # bound at press time, not at binding time

@@ -67,10 +67,8 @@ def test_box_on_volume_slice_and_propagate(viewer_widget):
     data, kwargs, _ = image_layer_data(small, name="brain")
     viewer.add_image(data, **kwargs)
     viewer.dims.set_point(0, viewer.layers["brain"].data_to_world((6, 0, 0))[0])
-    # the lateral ventricles on an axial slice: dark, well-delimited
-    # propagation's mechanics on the fast path: the faithful (fp32) masks of this 2 mm slab stop the
-    # object after one slice (open in the closing note of 2026-12-07)
-    widget.precision_combo.setCurrentText("fast")
+    # the lateral ventricles on an axial slice, with the default (faithful) precision
+    assert widget.precision_combo.currentText() == "faithful"
     draw(viewer, widget, (6, 38, 35), (6, 62, 62))
     labels = viewer.layers["brain labels"]
     assert labels.data[6].any() and not labels.data[5].any()

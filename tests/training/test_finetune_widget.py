@@ -55,10 +55,18 @@ def test_label_press_fine_tune_and_segment_with_the_new_model(viewer_widgets, mn
 
 
 def test_saved_labels_come_back_when_the_image_is_opened_again(viewer_widgets, mni, tmp_path):
-    viewer, _, widget = viewer_widgets
+    from napari_medseg._napari.segment.objects import ObjectTable
+
+    viewer, segment_widget, widget = viewer_widgets
     t1, labels = mni
     layer = viewer.add_labels(np.zeros(t1.array.shape, np.uint16), **labels_layer_kwargs(t1, "brain labels"))
     layer.data[90] = labels[90]
+    value = int(labels[90].max())
+    segment_widget.labels_combo.setCurrentText("brain labels")  # named, classed and coloured in the object list
+    segment_widget.refresh_objects()
+    segment_widget.rename_object(value, "grey matter")
+    segment_widget.set_object_class(value, "tissue")
+    segment_widget.recolor_object(value, (1.0, 0.0, 0.0, 1.0))
     widget.open_project(tmp_path / "project")
     widget.labels_combo.setCurrentText("brain labels")
     assert widget.save_labels()
@@ -73,6 +81,11 @@ def test_saved_labels_come_back_when_the_image_is_opened_again(viewer_widgets, m
     restored = viewer.layers["brain labels"]
     np.testing.assert_array_equal(restored.data[90], labels[90])
     assert not restored.data[91].any()
+    np.testing.assert_allclose(np.asarray(restored.colormap.map(value)).ravel(), [1, 0, 0, 1])
+    segment_widget.labels_combo.setCurrentText("brain labels")
+    segment_widget.refresh_objects()
+    restored_object = ObjectTable.from_metadata(restored.metadata["medseg"]).objects[value]
+    assert (restored_object.name, restored_object.category) == ("grey matter", "tissue")
 
 
 def _poll_with(widget, tmp_path, **metrics):
@@ -110,6 +123,9 @@ def test_fine_tune_dock_fits_1366x768_beside_the_segment_widget(make_napari_view
         QApplication.processEvents()
     assert (window.width(), window.height()) == (1366, 768)
     assert not widget.train_button.visibleRegion().isEmpty()  # the dock is shown, its button on screen
+    # nothing wider than the dock: Cancel and the plot's right edge were behind a horizontal scroll bar
+    assert widget.scroll_area.widget().width() <= widget.scroll_area.viewport().width()
+    assert widget.cancel_button.visibleRegion().boundingRect().width() == widget.cancel_button.width()
     widget.scroll_area.ensureWidgetVisible(widget.canvas)
     QApplication.processEvents()
     assert not widget.canvas.visibleRegion().isEmpty()

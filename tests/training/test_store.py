@@ -42,6 +42,21 @@ def test_save_find_restore_and_revisions(tmp_path, make_volume):
     assert reopened.summary()["reviewed_slices"] == 6
 
 
+def test_object_classes_and_colours_are_kept_with_the_entry_and_its_labels(tmp_path, make_volume):
+    image, labels = _on_disk(make_volume, tmp_path)
+    store = AnnotationStore(tmp_path / "project")
+    store.save(image, labels, classes={1: "liver", 2: "spleen"}, label_classes={1: "organ", 2: ""},
+               label_colors={1: (0.0, 1.0, 0.0, 1.0), 2: (200, 30, 40)})
+    (entry,) = AnnotationStore(tmp_path / "project", create=False).entries()
+    assert entry.label_classes == {1: "organ"} and entry.label_colors == {1: (0, 255, 0), 2: (200, 30, 40)}
+    written = read_image(entry.labels_path).metadata
+    assert written["label_classes"] == {1: "organ"} and written["label_colors"] == entry.label_colors
+    edited = labels.copy()
+    edited[0, 0, 0] = 1
+    again = store.save(image, edited)  # not given: kept
+    assert again.label_classes == {1: "organ"} and again.label_colors == entry.label_colors
+
+
 def test_image_without_file_is_copied_into_the_store(tmp_path, make_volume):
     image, labels = make_volume()
     store = AnnotationStore(tmp_path / "project")
@@ -175,7 +190,8 @@ def _malform(folder, kind):
 
 
 MALFORMED = ["directory", "unreadable", "invalid json", ("classes", []), ("revision", "__inf__"),
-             ("prompts", {"a": 1}), ("image", None), ("reviewed", {"slices": ["x"]})]
+             ("prompts", {"a": 1}), ("image", None), ("reviewed", {"slices": ["x"]}),
+             ("label_colors", {"1": "red"}), ("label_classes", {"x": "organ"})]
 
 
 @pytest.mark.parametrize("kind", MALFORMED, ids=lambda k: k if isinstance(k, str) else k[0])

@@ -248,9 +248,9 @@ class SegmentControls(SegmentGUI):
             return None
         return ObjectTable.from_metadata(layer.metadata.get(META_KEY, {}))
 
-    def _store_objects(self, layer, table: ObjectTable) -> None:
+    def _store_objects(self, layer, table: ObjectTable, shown_colors: dict | None = None) -> None:
         info = layer.metadata.setdefault(META_KEY, {})
-        table.store(info)
+        table.store(info, shown_colors)
 
     def refresh_objects(self) -> None:
         """Re-read the values present, keep the table in the layer's metadata and redraw the list."""
@@ -259,9 +259,9 @@ class SegmentControls(SegmentGUI):
             return self.object_list.show_objects([], {}, [])
         table = self.objects()
         table.sync(np.unique(np.asarray(layer.data)))
-        self._store_objects(layer, table)
         self._apply_object_colors(layer, table)
         colors = {v: tuple(np.asarray(layer.colormap.map(v)).ravel()) for v in table.present}
+        self._store_objects(layer, table, colors)  # the colours shown are the colours saved
         self.object_list.show_objects(table.shown(), colors, self._class_choices(), layer.selected_label)
 
     def _class_choices(self) -> list[str]:

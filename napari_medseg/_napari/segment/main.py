@@ -21,6 +21,7 @@ class SegmentWidget(SegmentControls):
         self._build()
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.runner.busy_changed.connect(self._update_run_buttons)
         self._bind_shortcuts()
         self._refresh_layers()
         self._model_changed()
@@ -75,14 +76,9 @@ class SegmentWidget(SegmentControls):
         self.model_status.setText(linkify(self.weights_hint))
         self.model_status.setToolTip(card.description)
         self.copy_hint_button.setVisible(status.state not in (INSTALLED, BUNDLED))
-        reason = "" if status.state in (INSTALLED, BUNDLED) else f"{card.name}: weights {status.state}. Install them first."
-        for button, tip in ((self.segment_button, "Segment the prompts on this slice (S)"),
-                            (self.box_button, "Draw a box; the mask follows (B)"),
-                            (self.propagate_button, "From the displayed slice: the selected label's mask there (a "
-                                                    "model mask or your correction) is carried on until the object ends"),
-                            (self.automatic_button, "Segment with the automatic model")):
-            button.setEnabled(not reason)
-            button.setToolTip(reason or tip)
+        self._weights_reason = "" if status.state in (INSTALLED, BUNDLED) else \
+            f"{card.name}: weights {status.state}. Install them first."
+        self._update_run_buttons()
         prompt_model = card.task in ("box2d", "text2d")
         for widget in (self.box_button, self.auto_check, self.segment_button):
             widget.setVisible(prompt_model)
@@ -94,6 +90,23 @@ class SegmentWidget(SegmentControls):
             widget.setVisible(card.task == "box2d" and card.family != "lite_medsam")
         self.automatic_button.setVisible(card.task in ("auto2d", "auto3d"))
         self.scope_combo.setVisible(card.task == "auto2d")
+
+    def run_block_reason(self) -> str:
+        """Why no run can start now ("" when one can): missing weights, or a run in flight."""
+        if self._weights_reason:
+            return self._weights_reason
+        return "Still working on the previous request; wait or press Cancel." if self.runner.busy else ""
+
+    def _update_run_buttons(self, *_) -> None:
+        """The buttons that start runs, and their shortcuts (see widget_gui), enabled only when a run can start."""
+        reason = self.run_block_reason()
+        for button, tip in ((self.segment_button, "Segment the prompts on this slice (S)"),
+                            (self.box_button, "Draw a box; the mask follows (B)"),
+                            (self.propagate_button, "From the displayed slice: the selected label's mask there (a "
+                                                    "model mask or your correction) is carried on until the object ends"),
+                            (self.automatic_button, "Segment with the automatic model")):
+            button.setEnabled(not reason)
+            button.setToolTip(reason or tip)
 
     def segment_prompts(self) -> None:
         try:

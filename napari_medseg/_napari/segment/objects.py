@@ -1,7 +1,8 @@
 """The objects of a labels layer (value, name, class, colour), kept in the layer's metadata (no Qt, no napari).
 
-The table lives in ``metadata["medseg"]["objects"]``; ``metadata["medseg"]["label_names"]`` mirrors the names
-of the objects present, so that napari-medseg's writer saves them with the labels.
+The table lives in ``metadata["medseg"]["objects"]``; ``label_names``, ``label_classes`` and ``label_colors``
+(0-255 RGB, the colours shown) there mirror the objects present, so that napari-medseg's writer saves them with
+the labels, and a labels file read back (or a recovery copy, a project's labels) gives the same objects.
 """
 from __future__ import annotations
 
@@ -33,9 +34,9 @@ class ObjectTable:
 
     @classmethod
     def from_metadata(cls, info: dict) -> "ObjectTable":
-        """Read the stored table; layers from elsewhere have only ``label_names`` (a model's classes)."""
-        records = info.get("objects") or [{"value": k, "name": v, "category": v}
-                                          for k, v in (info.get("label_names") or {}).items() if int(k) != 0]
+        """Read the stored table; layers from a file have its names, classes and colours, a model's layers
+        only ``label_names`` (its classes, which are also the objects' classes)."""
+        records = info.get("objects") or _records(info)
         return cls({int(r["value"]): LabelObject.from_dict(r) for r in records})
 
     def sync(self, values: Iterable[int]) -> list[int]:
@@ -67,7 +68,29 @@ class ObjectTable:
         """Names of the objects present, for the labels file's header or sidecar."""
         return {v: self.objects[v].name for v in self.present}
 
-    def store(self, info: dict) -> None:
-        """Write the table and the names to save into a layer's medseg metadata."""
+    def store(self, info: dict, shown_colors: dict[int, RGBA] | None = None) -> None:
+        """Write the table and the names, classes and (given the colours shown now) colours to save into a
+        layer's medseg metadata."""
         info["objects"] = [asdict(o) for _, o in sorted(self.objects.items())]
         info["label_names"] = self.label_names()
+        info["label_classes"] = {v: self.objects[v].category for v in self.present if self.objects[v].category}
+        if shown_colors is not None:
+            info["label_colors"] = {v: tuple(int(round(float(c) * 255)) for c in shown_colors[v][:3])
+                                    for v in self.present if v in shown_colors}
+
+
+def _records(info: dict) -> list[dict]:
+    """Object records from the names, classes and 0-255 colours a labels file (or a model) gave a layer.
+    Names alone are a model's classes (each object's class is its name); a file that also has colours or
+    classes holds objects, and those it gives no class have none (files keep only the classes set)."""
+    names = {int(k): v for k, v in (info.get("label_names") or {}).items()}
+    classes = {int(k): v for k, v in (info.get("label_classes") or {}).items()}
+    colors = {int(k): v for k, v in (info.get("label_colors") or {}).items()}
+    names_are_classes = not classes and not colors
+    records = []
+    for value in sorted({*names, *classes, *colors} - {0}):
+        name = names.get(value) or f"object {value}"
+        color = colors.get(value)
+        records.append({"value": value, "name": name, "category": name if names_are_classes else classes.get(value, ""),
+                        "color": None if color is None else (*(float(c) / 255 for c in color[:3]), 1.0)})
+    return records

@@ -176,10 +176,18 @@ class SegmentGUI(QWidget):
             self._bind_layer_keys(layer)
         self.viewer.layers.events.inserted.connect(lambda event: self._bind_layer_keys(event.value))
         for key, (action, button) in self._shortcuts().items():
-            self.viewer.bind_key(key, lambda _viewer, action=action: getattr(self, action)(), overwrite=True)
+            self.viewer.bind_key(key, lambda _viewer, key=key: self._press(key), overwrite=True)
             tip = button.toolTip()
             button.setToolTip(f"{tip} ({key})" if tip else f"Shortcut: {key}")
 
     def _bind_layer_keys(self, layer) -> None:
-        for key, (action, _button) in self._shortcuts().items():
-            layer.bind_key(key, lambda _layer, action=action: getattr(self, action)(), overwrite=True)
+        for key in self._shortcuts():
+            layer.bind_key(key, lambda _layer, key=key: self._press(key), overwrite=True)
+
+    def _press(self, key: str) -> None:
+        """A shortcut does what its button does, and nothing (saying why, as the button's tooltip does)
+        while the button is disabled."""
+        action, button = self._shortcuts()[key]
+        if not button.isEnabled():
+            return self._notify("warning", button.toolTip())
+        getattr(self, action)()
