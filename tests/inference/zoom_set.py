@@ -88,3 +88,41 @@ def paste_nuclei(image: np.ndarray, count: int, radius=(8, 28), seed: int = 1) -
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     total = a.sum() + b.sum()
     return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+class MirroredTissue:
+    """A lazily made (height, width, 3) uint8 image: ``tile`` repeated with mirroring (seamless), made only
+    where it is sliced. Counts the pixels handed out (``read``), so a test can tell a crop from the whole.
+
+    Supports what a crop reader asks of zarr or dask arrays: ``shape``, ``dtype``, ``ndim`` and
+    ``[rows, cols]`` / ``[rows, cols, channels]`` with slices of step 1.
+    """
+
+    def __init__(self, tile: np.ndarray, height: int, width: int):
+        self.tile, self.shape, self.dtype, self.ndim = tile, (height, width, tile.shape[2]), tile.dtype, 3
+        self.read = 0
+
+    @staticmethod
+    def _positions(part: slice, extent: int, period: int) -> np.ndarray:
+        start, stop, step = part.indices(extent)
+        if step != 1:
+            raise IndexError("only unit steps")
+        index = np.arange(start, stop) % (2 * period)
+        return np.where(index < period, index, 2 * period - 1 - index)
+
+    def __getitem__(self, where):
+        where = where if isinstance(where, tuple) else (where,)
+        if len(where) < 2 or not all(isinstance(w, slice) for w in where[:2]):
+            raise IndexError(f"MirroredTissue takes [rows, cols(, channels)] slices, not {where!r}")
+        rows = self._positions(where[0], self.shape[0], self.tile.shape[0])
+        cols = self._positions(where[1], self.shape[1], self.tile.shape[1])
+        out = self.tile[rows[:, None], cols[None, :]]
+        out = out[..., where[2]] if len(where) > 2 else out
+        self.read += out.shape[0] * out.shape[1]
+        return out
+
+    def at(self, box, tile_row: int, tile_col: int):
+        """``box`` of the tile as it appears in the (even, unmirrored) copy ``2 * tile_row``, ``2 * tile_col``."""
+        dy, dx = 2 * tile_row * self.tile.shape[0], 2 * tile_col * self.tile.shape[1]
+        x0, y0, x1, y1 = box
+        return x0 + dx, y0 + dy, x1 + dx, y1 + dy
