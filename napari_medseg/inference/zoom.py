@@ -234,7 +234,9 @@ def predict_on_plane(predictor, image, axis: int | None, index: int | None, limi
                                  point_labels=labels)
         return RegionMask(plane.mask_to_plane(mask), Window(0, 0, *hw))
     if limits is None and not image.is_rgb:
-        first = context_window(np.asarray(box, dtype=np.float64), hw, predictor.profile.size, 0, scale)
+        from .box2d import clip_box
+
+        first = context_window(clip_box(box, hw), hw, predictor.profile.size, 0, scale)
         limits = default_limits(image, (axis, index, first.rows, first.cols))
 
     def read(window: Window, step: int):
