@@ -121,3 +121,40 @@ def test_zoomed_boxes_beat_the_full_image_recipe_on_small_objects(lite_predictor
     assert all(z > f for z, f in zip(zoomed, full)) and np.mean(zoomed) > np.mean(full) + 0.05, (full, zoomed)
     crops = [key[4] for key in lite_predictor.cache._items if key[4] is not None]  # (hash, ..., key, precision)
     assert len(crops) == 4 and all(key[0] == "zoom" and key[3] - key[1] == 256 for key in crops)
+
+
+@pytest.mark.parametrize("family", ["sam", "medsam", "lvm_med_vit"])
+def test_every_box_family_gets_the_crop_and_its_mask_back_in_place(family):
+    """Toy SAM-family networks (256 px input): a box near the border of a 200 x 900 photo gives a 200 x 256
+    crop (not square: MedSAM and LVM-Med squash it as they squash whole images); the zoomed mask is the
+    crop's own prediction, placed at the crop's offset."""
+    from skimage import data
+    from test_precision_policy import vit_families
+
+    from napari_medseg.inference.box2d import BoxPredictor
+    from napari_medseg.io.image import Image
+
+    photo = np.ascontiguousarray(np.tile(data.immunohistochemistry(), (1, 2, 1))[100:300, :900])
+    image = Image(photo, (1.0, 1.0), (0.0, 0.0), np.eye(2), intensity="rgb", channel_axis=-1)
+    predictor = BoxPredictor(vit_families()[family](), device="cpu")
+    box = (700, 60, 760, 120)
+    region = zoom.predict_on_plane(predictor, image, None, None, None, box, zoom="on")
+    w = region.window  # random weights: the mask may reach the crop's edges and grow it
+    assert (w.top, w.bottom) == (0, 200) and w.right - w.left in (256, 384, 576, 864)
+    assert predictor.embedding.image_hw == w.shape and w.shape[0] != w.shape[1]
+    predictor.set_image(photo[:, w.cols])
+    assert (region.mask == predictor.predict(box=(700 - w.left, 60, 760 - w.left, 120))).all()
+    assert region.full(photo.shape[:2])[:, :w.left].sum() == 0
+
+
+def test_large_crops_are_read_in_block_averages_and_the_mask_comes_back_at_full_size():
+    from napari_medseg.io.image import Image
+
+    rows, cols = np.mgrid[:4000, :4000]
+    grey = (np.hypot(rows - 2000, cols - 1800) < 300).astype(np.float32) * 1000  # a 600 px object
+    predictor = Disc()
+    region = zoom.predict_on_plane(predictor, Image(grey, (1.0, 1.0), (0.0, 0.0), np.eye(2)), None, None, (0, 1000),
+                                   (1500, 1700, 2100, 2300))
+    assert region.window.shape == (1800, 1800) and predictor.shapes == [(600, 600)]  # 3x3 blocks of 1800 px
+    truth = grey[region.window.rows, region.window.cols] > 500
+    assert zoom_set.dice(region.mask, truth) > 0.98
