@@ -158,3 +158,23 @@ def test_large_crops_are_read_in_block_averages_and_the_mask_comes_back_at_full_
     assert region.window.shape == (1800, 1800) and predictor.shapes == [(600, 600)]  # 3x3 blocks of 1800 px
     truth = grey[region.window.rows, region.window.cols] > 500
     assert zoom_set.dice(region.mask, truth) > 0.98
+
+
+def test_a_volume_slice_zooms_and_the_predictor_door_does_too(monkeypatch):
+    """segment() on a 1,200 px CT-like volume: the prompted slice is read as a crop, the mask lands on it."""
+    from napari_medseg.inference import box2d
+    from napari_medseg.inference.box2d import BoxPredictor
+    from napari_medseg.models.loaded import LoadedModel
+    from napari_medseg.segmentation import segment
+
+    volume = np.zeros((5, 1200, 1200), np.float32)
+    volume[1:4, 500:540, 300:330] = 1000
+    predictor = Disc()
+    monkeypatch.setattr(box2d, "BoxPredictor", lambda *args, **kwargs: predictor)
+    labels = segment(volume, LoadedModel(None, "sam", "box2d"), box=(295, 495, 335, 545, 2), window=(0, 1000))
+    assert predictor.shapes == [(256, 256)] and predictor.keys[0][0] == "zoom"
+    assert (labels[2] == (volume[2] > 500)).all() and not labels[[0, 1, 3, 4]].any()
+    predictor.set_image(volume[2])
+    whole = predictor.pixels
+    assert (BoxPredictor.segment_box(predictor, whole, (295, 495, 335, 545), "on") == (volume[2] > 500)).all()
+    assert predictor.shapes[-1] == (256, 256)
