@@ -8,7 +8,6 @@ import pytest
 import zoom_set
 from napari_medseg.errors import PromptError
 from napari_medseg.inference import zoom
-from napari_medseg.inference.planes import Plane
 
 
 def test_policy_zooms_where_the_slice_would_be_shrunk_more_than_twice():
