@@ -23,7 +23,8 @@ def as_image(image: Image | str | Path | np.ndarray) -> Image:
         from .io import read_image
 
         return read_image(image)
-    array = np.asarray(image)
+    lazy = all(hasattr(image, name) for name in ("shape", "dtype", "ndim", "__getitem__"))
+    array = image if lazy else np.asarray(image)  # zarr/dask arrays stay unread until a crop is asked for
     rgb = array.ndim == 3 and array.shape[-1] == 3 and array.dtype == np.uint8
     ndim = array.ndim - rgb
     if ndim not in (2, 3):
@@ -113,6 +114,7 @@ def segment(
     structures: Sequence[int | str] | None = None,
     mirroring: bool | None = None,
     precision: str = "faithful",
+    zoom: str = "auto",
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> np.ndarray:
@@ -127,13 +129,19 @@ def segment(
     ``device`` also runs a given `LoadedModel` there (default: where it was loaded).
     ``precision``: "faithful" (default: float32, the authors' results) or "fast" (reduced precision where
     the hardware has it; can change masks: see the README's precision section).
+    ``zoom`` (box-prompted models): "auto" (default) predicts in a crop around the box, read from the image
+    alone, where the whole slice would be shrunk more than 2x to fit the model's input, and keeps the
+    full-image recipe elsewhere; "on" always zooms a box, "off" never (see `inference.zoom`).
     """
     from .inference.precision import precision_policy
     from .models.load import load_model
     from .models.loaded import LoadedModel
     from .models.registry import get_card
 
+    from .inference.zoom import check_zoom
+
     precision = precision_policy(precision)
+    check_zoom(zoom)
     img = as_image(image)
     if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 1 <= label <= MAX_LABEL:
         raise PromptError(f"label must be a whole number from 1 to {MAX_LABEL}, not {label!r}")
@@ -147,7 +155,7 @@ def segment(
         img = resident(img)
     if loaded.task == "box2d":
         return _segment_box(img, loaded, box, points, point_labels, label, propagate, window, progress, cancel,
-                            precision)
+                            precision, zoom)
     if loaded.task == "auto2d":
         from .inference.auto2d import predict_auto2d
 
@@ -168,10 +176,10 @@ def segment(
 
 
 def _segment_box(img, loaded, box, points, point_labels, label, propagate, window, progress, cancel,
-                 precision="faithful"):
+                 precision="faithful", zoom="auto"):
     from .inference.box2d import BoxPredictor
-    from .inference.intensity import display_limits
     from .inference.planes import resample_mask, take_plane
+    from .inference.zoom import default_limits, predict_on_plane
 
     if box is None and not points:
         raise PromptError("Box-prompted models need a box (x0,y0,x1,y1[,z]) or points")
@@ -192,21 +200,17 @@ def _segment_box(img, loaded, box, points, point_labels, label, propagate, windo
     if img.ndim == 3 and z is None:
         raise PromptError("For a volume, give the slice index as the box's fifth number (x0,y0,x1,y1,z)")
     axis = 0 if img.ndim == 3 else None
-    limits = window or (None if img.is_rgb else display_limits(img.array, img.intensity))
-    plane = take_plane(img, axis, z, limits)
     predictor = BoxPredictor(loaded, device=loaded.info.get("device"), precision=precision)
-    predictor.set_image(plane.pixels)
-    mask = predictor.predict(box=plane.box_to_pixels(box) if box else None,
-                             points=plane.points_to_pixels(pts) if pts is not None else None, point_labels=pt_labels)
-    mask = plane.mask_to_plane(mask)
-    labels = np.zeros(img.spatial_shape, dtype=np.min_scalar_type(label))
-    if img.ndim == 2:
-        labels[mask] = label
-    elif propagate:
+    region = predict_on_plane(predictor, img, axis, z, window, box, pts, pt_labels, zoom)
+    labels = np.zeros(img.spatial_shape, dtype=np.min_scalar_type(label))  # pages outside the mask stay unwritten
+    if img.ndim == 3 and propagate:
+        limits = window or default_limits(img)
         planes = [take_plane(img, 0, i, limits) for i in range(img.spatial_shape[0])]
-        seed = resample_mask(mask, planes[z].pixels.shape[:2])
-        masks = predictor.propagate(np.stack([p.pixels for p in planes]), z, seed, progress=progress, cancel=cancel)
+        seed = resample_mask(region.full(img.spatial_shape[1:]), planes[z].pixels.shape[:2])
+        masks = predictor.propagate(np.stack([p.pixels for p in planes]), z, seed, progress=progress, cancel=cancel,
+                                    zoom=zoom)
         labels[np.stack([p.mask_to_plane(m) for p, m in zip(planes, masks)])] = label
     else:
-        labels[z][mask] = label
+        plane = labels if img.ndim == 2 else labels[z]
+        plane[region.window.rows, region.window.cols][region.mask] = label
     return labels

@@ -340,6 +340,26 @@ def test_precision_is_a_named_choice_passed_to_segment(tmp_path, monkeypatch, ca
         assert seen[-1] == expected
 
 
+def test_zoom_is_a_validated_choice_passed_to_segment(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    import imageio.v3 as iio
+
+    import napari_medseg.segmentation as segmentation
+
+    png = tmp_path / "grey.png"
+    iio.imwrite(png, np.zeros((16, 16), np.uint8))
+    with pytest.raises(SystemExit) as refused:  # one usage error, exit 2, before anything loads
+        main(["segment", str(png), "-o", str(tmp_path / "o.png"), "--box", "1,1,8,8", "--zoom", "yes"])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "invalid choice: 'yes'" in err and "auto" in err and "off" in err
+    seen = []
+    monkeypatch.setattr(segmentation, "segment", lambda image, loaded, **kw: seen.append(kw["zoom"])
+                        or np.zeros(image.spatial_shape, np.uint8))
+    for extra, expected in (([], "auto"), (["--zoom", "on"], "on"), (["--zoom", "off"], "off")):
+        assert main(["segment", str(png), "-o", str(tmp_path / "o.png"), "--box", "1,1,8,8", *extra]) == 0
+        assert seen[-1] == expected
+
+
 def test_train_evaluates_faithfully_unless_asked(tmp_path):
     from napari_medseg.cli import build_parser
     from napari_medseg.cli_commands.train import config_from_args

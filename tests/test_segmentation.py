@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -14,6 +16,8 @@ def test_label_values_a_label_map_cannot_hold_are_refused_before_loading(label):
 
 class BoxAsMask:
     """A box predictor whose mask is the box itself (what segment() does with the value is tested)."""
+
+    profile = SimpleNamespace(size=256)  # a LiteMedSAM-sized input
 
     def __init__(self, loaded, device=None, precision="faithful"):
         pass

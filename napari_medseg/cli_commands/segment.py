@@ -10,6 +10,7 @@ from ..batch import LABEL_FORMATS, CaseResult, format_choices
 from ..cli import warn
 from ..errors import MedsegError, PromptError
 from ..inference.precision import PRECISIONS
+from ..inference.zoom import ZOOM_CHOICES
 
 
 def _numbers(text: str, name: str) -> list[float]:
@@ -35,6 +36,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="faithful",
                         help="faithful (default): float32, the authors' results; fast: reduced precision where the "
                         "hardware has it (bfloat16), can change masks (see the README's precision section)")
+    parser.add_argument("--zoom", choices=ZOOM_CHOICES, default="auto",
+                        help="box models: predict in a crop around the box, read from the image alone. auto (default): "
+                        "where the slice would be shrunk more than 2x to fit the model's input (e.g. > 512 px for "
+                        "LiteMedSAM, > 2048 px for SAM), elsewhere the full-image recipe; on: always; off: never")
     parser.add_argument("--format", choices=format_choices(), metavar="FORMAT",
                         help="nifti, nrrd, seg-nrrd (3D Slicer), mha, dicom-seg, rtstruct, png or tiff (default: from -o's "
                         "name, e.g. .dcm is DICOM-SEG, .seg.nrrd 3D Slicer; for folders the input's, nii.gz for DICOM)")
@@ -57,6 +62,7 @@ def _prompt_kwargs(args) -> dict:
         "report": args.report,
         "propagate": args.propagate,
         "precision": args.precision,
+        "zoom": args.zoom,
         "structures": [int(s) if s.strip().isdigit() else s.strip() for s in args.structures.split(",")]
         if args.structures else None,
         "mirroring": False if args.no_mirroring else None,

@@ -372,13 +372,20 @@ class BoxPredictor:
             return logits
         return logits.index_select(1, quality[0].argmax().view(1))  # no host sync (capturable)
 
+    def segment_box(self, image2d, box, zoom: str = "auto", display_range=None) -> np.ndarray:
+        """Boolean (H, W) mask for ``box`` on a slice (an array or a lazy array-like), embedded whole or, by the
+        ``zoom`` policy, as a crop around the box (see `inference.zoom`)."""
+        from .zoom import predict_box
+
+        return predict_box(self, image2d, box, zoom, display_range)
+
     # ---- volumes
     def propagate(self, volume: np.ndarray, start_slice: int, mask: np.ndarray, axis: int = 0,
                   display_range=None, progress=None, cancel=None, **options) -> np.ndarray:
         """Extend a slice mask through the neighbouring slices of ``volume`` in both directions.
 
         A boolean array of the spatial shape; ``options`` as in `propagation.propagate_slices`, which
-        says how each slice is prompted and where a direction stops. Slices map to the model's pixels
+        says how each slice is prompted (``zoom``) and where a direction stops. Slices map to the model's pixels
         through one intensity range, the whole volume's unless ``display_range`` is given.
         """
         from .propagation import propagate_slices

@@ -50,30 +50,87 @@ def take_plane(image: Image, axis: int | None, index: int | None, limits: tuple[
 
     ``axis`` is the numpy axis held fixed at ``index`` (None for 2-D images).
     """
-    from .intensity import to_uint8
-
     array = image.array
     if axis is not None:
-        if not 0 <= index < array.shape[axis]:
-            raise PromptError(f"Slice {index} is outside the volume (0..{array.shape[axis] - 1})")
+        _check_index(array, axis, index)
         array = np.take(array, index, axis=axis)
+    return _as_plane(array, image, axis, limits, array.shape[:2])
+
+
+def take_region(image: Image, axis: int | None, index: int | None, limits: tuple[float, float],
+                rows: slice, cols: slice, step: int = 1) -> Plane:
+    """The ``rows`` x ``cols`` part of a plane as `take_plane` makes the whole one, reading only that part of
+    ``image.array`` (any array-like with numpy slicing: zarr, dask). ``step`` > 1 averages step x step blocks
+    as it reads (the plane's extent must be a multiple of it); the Plane's ``shape`` is the region's own."""
+    if axis is not None:
+        _check_index(image.array, axis, index)
+    region = read_region(image.array, rows, cols, step, axis, index)
+    return _as_plane(region, image, axis, limits, (rows.stop - rows.start, cols.stop - cols.start))
+
+
+def read_region(array, rows: slice, cols: slice, step: int = 1, axis: int | None = None,
+                index: int | None = None, band: int = 1024) -> np.ndarray:
+    """``rows`` x ``cols`` of the plane ``index`` along ``axis`` (None: ``array`` is 2-D, colour last) as a
+    numpy array, read with one slicing call (``step`` 1) or, averaged over step x step blocks, ``band`` rows at
+    a time, so that no more than a band of the full resolution is held at once."""
+    def part(r: slice):
+        where = [r, cols]
+        if axis is not None:
+            where.insert(axis, index)
+        return np.asarray(array[tuple(where)])
+
+    if step == 1:
+        return part(rows)
+    height, width = rows.stop - rows.start, cols.stop - cols.start
+    if height % step or width % step:
+        raise ValueError(f"a {height}x{width} region cannot be averaged in {step}x{step} blocks")
+    band = max(step, band // step * step)
+    out = []
+    for top in range(rows.start, rows.stop, band):
+        block = part(slice(top, min(top + band, rows.stop))).astype(np.float32)
+        h, w = block.shape[0] // step, width // step
+        out.append(block.reshape(h, step, w, step, *block.shape[2:]).mean(axis=(1, 3)))
+    return np.concatenate(out)
+
+
+def _check_index(array, axis: int, index: int) -> None:
+    if not 0 <= index < array.shape[axis]:
+        raise PromptError(f"Slice {index} is outside the volume (0..{array.shape[axis] - 1})")
+
+
+def _as_plane(array: np.ndarray, image: Image, axis: int | None, limits, shape: tuple[int, int]) -> Plane:
+    """A Plane standing for ``shape`` own pixels of the plane from ``array`` (those pixels, or their block
+    averages): uint8 in ``limits`` (RGB as it is), resampled to square pixels."""
+    from .intensity import to_uint8
+
     if image.is_rgb:
         pixels = array[..., :3] if array.dtype == np.uint8 else to_uint8(array[..., :3], (0, 255))
     elif image.channel_axis is not None:
         raise PromptError(f"Prompt models need a grey or RGB image; this one has {array.shape[-1]} channels")
     else:
         pixels = to_uint8(array, limits)
-    shape = pixels.shape[:2]
+    read = pixels.shape[:2]
     rows, cols = plane_spacing(image, axis)
     ratio = rows / cols
     if 1 / ANISOTROPY_TOLERANCE <= ratio <= ANISOTROPY_TOLERANCE:
-        return Plane(pixels, shape, (1.0, 1.0))
+        return Plane(pixels, tuple(shape), (read[0] / shape[0], read[1] / shape[1]))
     from skimage.transform import resize
 
     finer = min(rows, cols)
-    new_shape = (max(1, round(shape[0] * rows / finer)), max(1, round(shape[1] * cols / finer)))
+    new_shape = (max(1, round(read[0] * rows / finer)), max(1, round(read[1] * cols / finer)))
     resized = resize(pixels, new_shape + pixels.shape[2:], order=1, preserve_range=True, anti_aliasing=False)
-    return Plane(np.round(resized).astype(np.uint8), shape, (new_shape[0] / shape[0], new_shape[1] / shape[1]))
+    return Plane(np.round(resized).astype(np.uint8), tuple(shape), (new_shape[0] / shape[0], new_shape[1] / shape[1]))
+
+
+def square_scale(image: Image, axis: int | None) -> tuple[float, float]:
+    """(rows, cols) size of a plane's pixel in square pixels, as `take_plane` resamples it ((1, 1) when it
+    keeps the pixels)."""
+    rows, cols = plane_spacing(image, axis)
+    ratio = rows / cols
+    if 1 / ANISOTROPY_TOLERANCE <= ratio <= ANISOTROPY_TOLERANCE:
+        return 1.0, 1.0
+    finer = min(rows, cols)
+    return rows / finer, cols / finer
 
 
 def box_from_rectangle(vertices: np.ndarray, displayed: tuple[int, int]) -> tuple[float, float, float, float]:

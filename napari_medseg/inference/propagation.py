@@ -61,7 +61,7 @@ class PropagationPlan:
 def propagate_slices(predictor, slice_at: Callable[[int], np.ndarray], count: int, start: int, mask: np.ndarray, *,
                      directions: Sequence[int] = BOTH, display_range=None, min_area_fraction: float = 0.05,
                      min_pixels: int = 4, max_intensity_change: float = 0.5, box_margin: float | None = None,
-                     progress=None, cancel=None, clock: Callable[[], float] = time.monotonic
+                     zoom: str = "auto", progress=None, cancel=None, clock: Callable[[], float] = time.monotonic
                      ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(slice index, boolean mask)`` for each slice the object reaches from ``start``.
 
@@ -74,9 +74,14 @@ def propagate_slices(predictor, slice_at: Callable[[int], np.ndarray], count: in
     ``max_intensity_change`` of their contrast (box models still outline something inside an empty box).
     Only that direction counts: a mask that stands out from the background more than the start object
     did (a bright object brighter on the next slice) is still the object.
+    ``zoom`` prompts each slice whole or in a crop around the box, by `zoom.predict_box`'s policy ("auto":
+    crops where a slice would be shrunk more than 2x to fit the model's input).
     The start slice itself is not yielded. Cancellation raises `Cancelled` between slices.
     """
     from .box2d import _box_region, _grown_box, to_uint8_rgb
+    from .zoom import check_zoom, predict_box
+
+    check_zoom(zoom)
 
     plan = PropagationPlan(count, start, directions, clock)
     first = slice_at(start)
@@ -99,8 +104,7 @@ def propagate_slices(predictor, slice_at: Callable[[int], np.ndarray], count: in
         while plan.left[direction]:
             steps.step(0, plan.message(index))
             pixels = slice_at(index)
-            predictor.set_image(pixels, display_range=display_range)
-            predicted = predictor.predict(box=_grown_box(previous, margin))
+            predicted = predict_box(predictor, pixels, _grown_box(previous, margin), zoom, display_range)
             level = to_uint8_rgb(pixels, display_range).mean(axis=2)[predicted].mean() if predicted.any() else None
             if predicted.sum() < min_area or (tolerance and (level - object_level) * towards_background > tolerance):
                 plan.stop(direction)

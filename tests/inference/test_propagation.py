@@ -1,4 +1,6 @@
 """The propagation planner: honest totals, time estimates, partial results on cancel, chosen directions."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -9,10 +11,13 @@ from napari_medseg.inference.propagation import DOWN, UP, PropagationPlan, propa
 class ThresholdPredictor:
     """Stands in for BoxPredictor: the mask is the bright pixels inside the box."""
 
-    def set_image(self, pixels, display_range=None):
-        self.pixels = pixels
+    profile = SimpleNamespace(size=256)  # a LiteMedSAM-sized input
 
-    def predict(self, box):
+    def set_image(self, pixels, display_range=None, key=None):
+        self.pixels = pixels
+        self.keys = [*getattr(self, "keys", []), key]
+
+    def predict(self, box, points=None, point_labels=None):
         x0, y0, x1, y1 = np.asarray(box)
         rows, cols = np.mgrid[: self.pixels.shape[0], : self.pixels.shape[1]]
         inside = (cols >= x0) & (cols <= x1) & (rows >= y0) & (rows <= y1)
@@ -100,3 +105,21 @@ def test_only_a_change_towards_the_background_ends_the_object():
     vol[25:, 8:20, 8:20][::2] = 40  # but half its pixels near the background: the mean moves 67 towards it
     found = dict(run(vol, 10, max_intensity_change=0.5))
     assert sorted(found) == [i for i in range(5, 25) if i != 10]
+
+
+@pytest.mark.parametrize("zoom", ["auto", "off"])
+def test_propagation_prompts_crops_of_slices_larger_than_twice_the_model_input(zoom):
+    """1,200 px slices seen by a 256 px model: "auto" embeds a crop around each slice's box (keyed by it),
+    "off" the whole slice; the object found is the same."""
+    volume = np.full((6, 1200, 1200), 20, np.uint8)
+    volume[1:5, 600:630, 700:740] = 200
+    predictor = ThresholdPredictor()
+    found = dict(propagate_slices(predictor, volume.__getitem__, len(volume), 2, volume[2] > 128, zoom=zoom))
+    assert sorted(found) == [1, 3, 4] and all((m == (volume[i] > 128)).all() for i, m in found.items())
+    if zoom == "auto":
+        assert predictor.pixels.shape == (256, 256)  # at least the model's input around a 30x40 box
+        assert len(predictor.keys) == 5 and all(key[0] == "zoom" for key in predictor.keys)  # 3 found, 2 ends
+    else:
+        assert predictor.pixels.shape == (1200, 1200) and predictor.keys == [None] * 5
+    with pytest.raises(PromptError, match="zoom must be one of"):
+        dict(propagate_slices(predictor, volume.__getitem__, len(volume), 2, volume[2] > 128, zoom="yes"))

@@ -219,3 +219,21 @@ def test_precision_setting_reaches_the_box_predictor(viewer_widget):
     (predictor,) = widget._predictors.values()
     assert predictor.precision == "fast"
     assert (viewer.layers["CT (pydicom CT_small) labels"].data == 1).any()
+
+
+def test_zoom_setting_reaches_the_box_predictor(viewer_widget):
+    """The 1,411 px fundus photo would be shrunk 5.5x for LiteMedSAM: "auto" embeds a crop around the box
+    (3x its 170 px side), "off" the whole photo; both outline the optic disc."""
+    viewer, widget = viewer_widget
+    (photo,) = viewer.open_sample(PLUGIN, "fundus")
+    labels_name = f"{photo.name} labels"
+    assert widget.zoom_combo.currentText() == "auto"
+    for zoom, embedded in (("auto", (510, 510)), ("off", photo.data.shape[:2])):
+        widget.zoom_combo.setCurrentText(zoom)
+        draw(viewer, widget, (560, 180), (730, 350))
+        (predictor,) = widget._predictors.values()
+        assert predictor.embedding.image_hw == embedded
+        mask = viewer.layers[labels_name].data == viewer.layers[labels_name].data.max()
+        rows, cols = np.nonzero(mask)
+        assert mask.sum() > 2000 and rows.min() >= 550 and rows.max() <= 740 and cols.min() >= 170
+        widget.undo()

@@ -83,6 +83,7 @@ class SegmentWidget(SegmentControls):
         for widget in (self.box_button, self.auto_check, self.segment_button):
             widget.setVisible(prompt_model)
         self.propagate_button.setVisible(card.task == "box2d")
+        self.zoom_combo.setEnabled(card.task == "box2d")
         self.direction_combo.setVisible(card.task == "box2d")
         self.report_box.setVisible(card.task == "text2d")
         self.tokenizer_button.setVisible(card.task == "text2d")
@@ -126,20 +127,19 @@ class SegmentWidget(SegmentControls):
         if card.task == "text2d":
             return self._segment_report(image_layer, image, axis, index, box, prompt, precision)
 
+        zoom = self.zoom_combo.currentText()
+
         def job(progress, cancel):
-            from ...inference.planes import take_plane
+            from ...inference.zoom import predict_on_plane
 
             predictor = self._predictor(card, device, progress, precision)
-            plane = take_plane(image, axis, index, limits)
             progress(0, 0, "Embedding the image" if axis is None else
                      f"Embedding slice {index} of {image.spatial_shape[axis]}")
-            predictor.set_image(plane.pixels)
-            mask = predictor.predict(
-                box=plane.box_to_pixels(box) if box else None,
-                points=plane.points_to_pixels(np.array(points)) if points else None,
-                point_labels=np.array(point_labels) if points else None,
-            )
-            return plane.mask_to_plane(mask)
+            region = predict_on_plane(predictor, image, axis, index, limits, box,
+                                      np.array(points) if points else None,
+                                      np.array(point_labels) if points else None, zoom)
+            shape = image.spatial_shape
+            return region.full(shape if axis is None else shape[:axis] + shape[axis + 1:])
 
         self.runner.run(job, lambda mask: self._write_mask(image_layer, image, axis, index, mask, prompt), "Segmenting")
 
@@ -217,7 +217,7 @@ class SegmentWidget(SegmentControls):
         start_mask = np.take(np.asarray(labels.data), index, axis=axis) == value
         overwrite = self.overwrite_check.isChecked()
         directions = DIRECTIONS[self.direction_combo.currentText()]
-        precision = self.precision_combo.currentText()
+        precision, zoom = self.precision_combo.currentText(), self.zoom_combo.currentText()
         image = self._image(image_layer)
         limits = tuple(image_layer.contrast_limits)
         card, device = self.card, self.device_combo.currentText()
@@ -239,7 +239,8 @@ class SegmentWidget(SegmentControls):
             found, cancelled = {}, False
             try:
                 for i, mask in propagate_slices(predictor, slice_at, image.spatial_shape[axis], index, seed,
-                                                directions=directions, progress=progress, cancel=cancel):
+                                                directions=directions, zoom=zoom, progress=progress,
+                                                cancel=cancel):
                     found[i] = planes[i].mask_to_plane(mask)
             except Cancelled:
                 cancelled = True

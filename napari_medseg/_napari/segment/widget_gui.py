@@ -49,6 +49,11 @@ class SegmentGUI(QWidget):
         self.precision_combo.addItems(["faithful", "fast"])
         self.precision_combo.setToolTip("faithful: float32, the authors' results; fast: reduced precision where the "
                                         "hardware has it (bfloat16), can change masks")
+        self.zoom_combo = QComboBox()
+        self.zoom_combo.addItems(["auto", "on", "off"])
+        self.zoom_combo.setToolTip("Box models: predict in a crop around the box at the image's own resolution. auto: "
+                                   "where the slice would be shrunk more than 2x to fit the model's input; on: "
+                                   "always; off: the whole slice (the authors' recipe)")
         self.window_combo = QComboBox()
         self.window_combo.addItems(["(keep)", *CT_WINDOWS])
         self.window_combo.setToolTip("CT window/level preset; prompt models see the image as displayed")
@@ -64,6 +69,7 @@ class SegmentGUI(QWidget):
         form.addRow("", weights_row)
         form.addRow("Device", self.device_combo)
         form.addRow("Precision", self.precision_combo)
+        form.addRow("Zoom to box", self.zoom_combo)
         form.addRow("CT window", self.window_combo)
 
         self.box_button = QPushButton("Draw box (B)")
