@@ -366,6 +366,8 @@ def create_app(config: ServerConfig):
             axis = 0 if axis is None else axis
             if not 0 <= axis < 3 or request.index is None:
                 raise PromptError("For a volume, give the plane's axis (0..2) and the slice index")
+            if not 0 <= request.index < image.spatial_shape[axis]:
+                raise PromptError(f"Slice {request.index} is outside the volume (0..{image.spatial_shape[axis] - 1})")
         elif request.index is not None or request.axis is not None:
             raise PromptError("This 2-D image has no slices; give the prompt without an axis or index")
         if request.box is None and not request.points:
