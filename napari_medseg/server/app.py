@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -256,12 +255,11 @@ def create_app(config: ServerConfig):
 
     async def run_on(session, fn):
         """``fn(device)`` in the session's device queue; the session counts as busy meanwhile."""
-        session.active += 1
+        session.busy(+1)
         try:
             return await asyncio.wrap_future(queues[session.device].submit(session.id, fn))
         finally:
-            session.active -= 1
-            session.last_used = time.monotonic()
+            session.busy(-1)
 
     def arrays_response(arrays: dict, extra: dict | None = None, info: dict | None = None) -> Response:
         header, body = pack(arrays, extra=extra)
@@ -437,11 +435,11 @@ def create_app(config: ServerConfig):
 
         session.tasks[task.id] = task
         tasks[task.id] = task
-        session.active += 1
+        session.busy(+1)
         future = queues[session.device].submit(session.id, job)
 
         def finished(_future):
-            session.active -= 1
+            session.busy(-1)
             if _future.cancelled():
                 task.cancel()
                 task.state = "cancelled"
@@ -475,6 +473,8 @@ def create_app(config: ServerConfig):
             return JSONResponse({"detail": detail, "code": state["code"] or "TaskNotDone", "state": state["state"]},
                                 status_code=409 if state["state"] in ("queued", "running", "cancelled") else 422)
         labels, where, classes = task.result
+        tasks.pop(task_id, None)  # fetched once: the session does not keep every result it ever had
+        sessions.get(task.session_id).tasks.pop(task_id, None)
         info = {"shape": list(labels.shape), "dtype": labels.dtype.str,
                 "classes": {str(k): v for k, v in (classes or {}).items()}}
         if where is None:

@@ -30,6 +30,13 @@ class Session:
     tasks: dict = field(default_factory=dict)
     active: int = 0  # requests in flight: a session doing work is never reaped
     _limits: tuple | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def busy(self, change: int) -> None:
+        """Count a request in (+1) or out (-1); the device workers and the event loop both do."""
+        with self._lock:
+            self.active += change
+            self.last_used = time.monotonic()
 
     def limits(self) -> tuple[float, float] | None:
         """The default display range of box prompts (segment()'s), computed once per session."""
