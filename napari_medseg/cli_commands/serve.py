@@ -36,6 +36,7 @@ def run(args) -> int:
         raise MedsegError(f"--max-upload-mb must be positive, not {args.max_upload_mb:g}")
     for model in args.preload:
         get_card(model)
+    _check_address(args.host, args.port)
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] or ["auto"]
     token, path = ensure_token(args.token_file)
     from ..server.app import ServerConfig, serve
@@ -51,3 +52,16 @@ def run(args) -> int:
 
     serve(config, host=args.host, port=args.port, on_started=started)
     return 0
+
+
+def _check_address(host: str, port: int) -> None:
+    """Refuse, in one line and before any model loads, an address this machine cannot listen on."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(infos[0][4])
+    except OSError as exc:
+        raise MedsegError(f"Cannot listen on {host}:{port} ({exc.strerror or exc})") from None

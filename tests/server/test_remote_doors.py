@@ -124,3 +124,16 @@ def test_the_client_imports_no_torch(live_server):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) == int((ms.segment(array, box=(*BOX, 2)) > 0).sum()) > 0
+
+
+def test_serve_refuses_a_taken_port_and_bad_options_in_one_line(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+        assert f"Cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert main(["serve", "--max-sessions", "0"]) == 2
+    assert "--max-sessions must be at least 1" in capsys.readouterr().err
+    assert main(["serve", "--preload", "no-such-model"]) == 2
+    assert "Unknown model" in capsys.readouterr().err
