@@ -117,8 +117,10 @@ def output_path(case: Case, out_dir: Path, fmt: str | None) -> Path:
 
 def run_cases(cases: list[Case], out_dir: Path, model: str, *, weights=None, device=None, fmt=None,
               overwrite=False, segment_kwargs: dict | None = None, on_case=None, load_options: dict | None = None,
-              progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> list[CaseResult]:
-    """Segment every case in turn; ``on_case(result)`` is called after each one."""
+              progress: ProgressCallback | None = None, cancel: CancelCheck | None = None,
+              server=None) -> list[CaseResult]:
+    """Segment every case in turn; ``on_case(result)`` is called after each one. ``server`` (a
+    `server.client.Client`) runs each case there instead of loading ``model`` here."""
     import numpy as np
 
     from .io import read_image, write_labels
@@ -126,7 +128,7 @@ def run_cases(cases: list[Case], out_dir: Path, model: str, *, weights=None, dev
     from .models.load import load_model
     from .segmentation import segment
 
-    loaded = load_model(model, weights=weights, device=device, **(load_options or {}))
+    loaded = None if server is not None else load_model(model, weights=weights, device=device, **(load_options or {}))
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for case in cases:
@@ -142,8 +144,14 @@ def run_cases(cases: list[Case], out_dir: Path, model: str, *, weights=None, dev
                 image = read_image(case.source)
                 read_warnings = [str(w) for w in image.metadata.get("warnings", [])]
                 check_target(image, target)  # e.g. DICOM-SEG of a non-DICOM case: fails before segmenting
-                labels = segment(image, loaded, progress=progress, cancel=cancel, **(segment_kwargs or {}))
-                write_labels(labels, image, target, label_names=loaded.classes or None)
+                if server is not None:
+                    with server.open(image) as session:
+                        labels = session.segment(model, progress=progress, cancel=cancel, **(segment_kwargs or {}))
+                    classes = session.classes
+                else:
+                    labels = segment(image, loaded, progress=progress, cancel=cancel, **(segment_kwargs or {}))
+                    classes = loaded.classes
+                write_labels(labels, image, target, label_names=classes or None)
                 found = [int(v) for v in np.unique(labels) if v]
                 result = CaseResult(case.name, str(case.source), str(target), "done", labels_found=found)
             except MedsegError as exc:

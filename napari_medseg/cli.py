@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "convert": ("napari_medseg.cli_commands.convert", "re-write a label file in another format on an image's grid"),
     "evaluate": ("napari_medseg.evaluation.cli", "compare predicted and reference label maps"),
     "train": ("napari_medseg.cli_commands.train", "fine-tune or train a model on labelled images"),
+    "serve": ("napari_medseg.cli_commands.serve", "serve the models to napari, the CLI and scripts on other machines"),
 }
 
 

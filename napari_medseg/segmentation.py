@@ -117,6 +117,8 @@ def segment(
     zoom: str = "auto",
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
+    server=None,
+    server_token: str | None = None,
 ) -> np.ndarray:
     """Segment ``image`` with ``model`` (a registry id or a `LoadedModel`) and return a label map.
 
@@ -132,7 +134,15 @@ def segment(
     ``zoom`` (box-prompted models): "auto" (default) predicts in a crop around the box, read from the image
     alone, where the whole slice would be shrunk more than 2x to fit the model's input, and keeps the
     full-image recipe elsewhere; "on" always zooms a box, "off" never (see `inference.zoom`).
+    ``server``: a `medseg serve` URL (or a list: the least busy is used, or a `server.client.Client`) runs the
+    same computation there with the server's installed weights and devices; ``server_token`` defaults to
+    $MEDSEG_SERVER_TOKEN. The remote path imports no torch here.
     """
+    if server is not None:
+        return _segment_remote(image, model, server, server_token, weights, device, box=box, points=points,
+                               point_labels=point_labels, report=report, label=label, propagate=propagate,
+                               window=window, structures=structures, mirroring=mirroring, precision=precision,
+                               zoom=zoom, progress=progress, cancel=cancel)
     from .inference.precision import precision_policy
     from .models.load import load_model
     from .models.loaded import LoadedModel
@@ -175,6 +185,26 @@ def segment(
     raise MedsegError(f"Unknown task {loaded.task!r}")
 
 
+def _segment_remote(image, model, server, token, weights, device, *, progress, cancel, **kwargs) -> np.ndarray:
+    from .inference.precision import precision_policy
+    from .models.registry import get_card
+    from .server.client import remote_segment
+
+    if not isinstance(model, str):
+        raise MedsegError("With a server, give the model as a registry id (the server loads its own weights)")
+    if weights is not None:
+        raise MedsegError("With a server, its installed weights are used; a local weights file cannot be given")
+    if device not in (None, "", "auto"):
+        raise MedsegError(f"With a server, the server picks the device (medseg serve --devices), not {device!r}")
+    kwargs["precision"] = precision_policy(kwargs["precision"])
+    label = kwargs["label"]
+    if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 1 <= label <= MAX_LABEL:
+        raise PromptError(f"label must be a whole number from 1 to {MAX_LABEL}, not {label!r}")
+    img = as_image(image)
+    check_prompts(img, kwargs["box"], kwargs["points"], kwargs["point_labels"], get_card(model).task)
+    return remote_segment(img, model, server, token, progress=progress, cancel=cancel, **kwargs)
+
+
 def _segment_box(img, loaded, box, points, point_labels, label, propagate, window, progress, cancel,
                  precision="faithful", zoom="auto"):
     from .inference.box2d import BoxPredictor
@@ -214,3 +244,18 @@ def _segment_box(img, loaded, box, points, point_labels, label, propagate, windo
         plane = labels if img.ndim == 2 else labels[z]
         plane[region.window.rows, region.window.cols][region.mask] = label
     return labels
+
+
+def plane_mask(predictor, img: Image, axis: int | None, index: int | None, limits, box=None, points=None,
+               point_labels=None) -> np.ndarray:
+    """The boolean mask, in the plane's own pixels, of a box and/or points on one plane of ``img``
+    (``axis`` held fixed at ``index``; None for 2-D), seen through the display range ``limits``: what
+    `segment()` computes, and the server's box requests with a warm ``predictor`` (a `BoxPredictor`)."""
+    from .inference.planes import take_plane
+
+    plane = take_plane(img, axis, index, limits)
+    predictor.set_image(plane.pixels)
+    mask = predictor.predict(box=plane.box_to_pixels(box) if box else None,
+                             points=plane.points_to_pixels(points) if points is not None else None,
+                             point_labels=point_labels)
+    return plane.mask_to_plane(mask)

@@ -51,6 +51,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     parser.add_argument("--devices", help="split the cases over these devices, one process each: CUDA indices "
                         "(0,1) or device names (cuda:0,cpu)")
+    parser.add_argument("--server", action="append", default=[], metavar="URL",
+                        help="run on a 'medseg serve' server (repeatable: the least busy is used); the token comes "
+                        "from MEDSEG_SERVER_TOKEN or --token-file")
+    parser.add_argument("--token-file", help="file holding the server's token (with --server)")
 
 
 def _prompt_kwargs(args) -> dict:
@@ -130,13 +134,14 @@ def run(args) -> int:
 
     kwargs = _prompt_kwargs(args)
     check_prompts(None, kwargs["box"], kwargs["points"], kwargs["point_labels"])
+    client = _connect(args)
     cases = expand_inputs(args.inputs)
     if not cases:
         raise MedsegError("The inputs hold no images")
     single = _single_file_output(args, cases)
     manifest = _check_outputs(args, single, cases)
     if single is not None:
-        return _run_single(args, cases[0], single, kwargs)
+        return _run_single(args, cases[0], single, kwargs, client)
     out_dir = Path(args.output)
     start = time.perf_counter()
     done = []
@@ -146,7 +151,11 @@ def run(args) -> int:
         _print_case(result, len(done), len(cases))
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if args.devices:
+    if client is not None:
+        device = client.url
+        results = run_cases(cases, out_dir, args.model, fmt=args.format, overwrite=args.overwrite,
+                            segment_kwargs=kwargs, on_case=on_case, progress=TerminalProgress(), server=client)
+    elif args.devices:
         results, device = _run_on_devices(args, cases, out_dir, kwargs)
     elif world > 1:
         results, device = _run_torchrun(args, cases, out_dir, kwargs, on_case)
@@ -161,7 +170,7 @@ def run(args) -> int:
     from ..models.registry import get_card
     from ..models.weights import weights_path
 
-    sha = sha256_of(args.weights or weights_path(get_card(args.model)))
+    sha = None if client is not None else sha256_of(args.weights or weights_path(get_card(args.model)))
     write_manifest(manifest, args.model, sha, str(device), results, time.perf_counter() - start)
     failed = [r for r in results if r.status == "failed"]
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
@@ -171,7 +180,25 @@ def run(args) -> int:
     return 1 if failed else 0
 
 
-def _run_single(args, case, target: Path, kwargs) -> int:
+def _connect(args):
+    """The server client (None without --server), its token checked against the server before any image is read."""
+    if not args.server:
+        if args.token_file:
+            raise MedsegError("--token-file is for --server")
+        return None
+    for option, value in (("--weights", args.weights), ("--devices", args.devices), ("--tokenizer", args.tokenizer)):
+        if value:
+            raise MedsegError(f"{option} cannot be used with --server (the server has its own weights and devices)")
+    if args.device not in ("auto", ""):
+        raise MedsegError("--device cannot be used with --server (medseg serve --devices chooses)")
+    from ..server.client import Client
+
+    client = Client(args.server, token_file=args.token_file)
+    client.connect()  # a wrong token, or no server: one line now
+    return client
+
+
+def _run_single(args, case, target: Path, kwargs, client=None) -> int:
     from ..io import read_image, write_labels
     from ..models.load import load_model
     from ..models.registry import get_card
@@ -185,18 +212,23 @@ def _run_single(args, case, target: Path, kwargs) -> int:
     check_prompts(image, kwargs["box"], kwargs["points"], kwargs["point_labels"], get_card(args.model).task)
     fmt = args.format if args.format in NAMES else None
     check_target(image, target, fmt)  # before the model loads
-    loaded = load_model(args.model, weights=args.weights, device=args.device, **_load_options(args))
-    if image.metadata.get("lazy") and image.ndim == 2 and format_of(target, fmt) == "ome-zarr" and \
-            loaded.task == "auto2d":  # a slide: block by block, labels straight into the OME-Zarr
-        from ..inference.tiled import predict_auto2d_to_zarr
+    if client is not None:
+        with client.open(image) as session:
+            result = session.segment(args.model, progress=TerminalProgress(), **kwargs)
+        names = session.classes or {0: "background", 1: "object"}
+    else:
+        loaded = load_model(args.model, weights=args.weights, device=args.device, **_load_options(args))
+        if image.metadata.get("lazy") and image.ndim == 2 and format_of(target, fmt) == "ome-zarr" and \
+                loaded.task == "auto2d":  # a slide: block by block, labels straight into the OME-Zarr
+            from ..inference.tiled import predict_auto2d_to_zarr
 
-        report = predict_auto2d_to_zarr(loaded, image, target, progress=TerminalProgress(),
-                                        device=args.device, mirroring=kwargs["mirroring"],
-                                        precision=kwargs["precision"])
-        print(f"wrote {target} ({report.chunks_written} label chunks, block by block)")
-        return 0
-    result = segment(image, loaded, progress=TerminalProgress(), **kwargs)
-    names = loaded.classes or {0: "background", 1: "object"}
+            report = predict_auto2d_to_zarr(loaded, image, target, progress=TerminalProgress(),
+                                            device=args.device, mirroring=kwargs["mirroring"],
+                                            precision=kwargs["precision"])
+            print(f"wrote {target} ({report.chunks_written} label chunks, block by block)")
+            return 0
+        result = segment(image, loaded, progress=TerminalProgress(), **kwargs)
+        names = loaded.classes or {0: "background", 1: "object"}
     out = write_labels(result, image, target, label_names=names, fmt=fmt)
     values = [int(v) for v in set(result.ravel().tolist()) if v]
     counts = ", ".join(f"{names.get(v, v)}: {int((result == v).sum())} voxels" for v in sorted(values))

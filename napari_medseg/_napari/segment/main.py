@@ -8,6 +8,7 @@ from qtpy.QtWidgets import QFileDialog
 from ...errors import PromptError
 from ..layers import META_KEY, labels_layer_kwargs
 from .controls import NEW_LABELS, Edit, SegmentControls, revert_model_edit, write_model_edit, writable
+from .server_picker import ServerPicker, is_remote
 from .widget_gui import DIRECTIONS, linkify
 
 
@@ -34,10 +35,12 @@ class SegmentWidget(SegmentControls):
 
         from ...device import available_devices
 
+        self.server_picker = ServerPicker(self.device_combo, self._notify)
+
         def add(devices):
             for device in devices:
                 if self.device_combo.findText(device) < 0:
-                    self.device_combo.addItem(device)
+                    self.device_combo.insertItem(self.server_picker.local_index(), device)
 
         worker = create_worker(available_devices)
         worker.returned.connect(add)
@@ -132,6 +135,9 @@ class SegmentWidget(SegmentControls):
         def job(progress, cancel):
             from ...inference.zoom import predict_on_plane
 
+            if is_remote(device):
+                return self.server_picker.plane_mask(device, image_layer, image, card.id, precision, axis, index,
+                                                     limits, box, points, point_labels)
             predictor = self._predictor(card, device, progress, precision)
             progress(0, 0, "Embedding the image" if axis is None else
                      f"Embedding slice {index} of {image.spatial_shape[axis]}")
@@ -157,9 +163,12 @@ class SegmentWidget(SegmentControls):
             from ...models.load import load_model
             from ...segmentation import segment
 
+            kwargs = {"box": (*box, index) if axis == 0 else box, "report": report, "precision": precision}
+            if is_remote(device):
+                labels, _ = self.server_picker.segment(device, image, card.id, progress, cancel, **kwargs)
+                return labels[index] > 0 if axis == 0 else labels > 0
             options = {"tokenizer": self.tokenizer_folder} if self.tokenizer_folder else {}
-            labels = segment(image, load_model(card.id, device=device, **options),
-                             box=(*box, index) if axis == 0 else box, report=report, precision=precision)
+            labels = segment(image, load_model(card.id, device=device, **options), **kwargs)
             return labels[index] > 0 if axis == 0 else labels > 0
 
         self.runner.run(job, lambda mask: self._write_mask(image_layer, image, axis, index, mask, prompt),
@@ -221,6 +230,9 @@ class SegmentWidget(SegmentControls):
         image = self._image(image_layer)
         limits = tuple(image_layer.contrast_limits)
         card, device = self.card, self.device_combo.currentText()
+        if is_remote(device):
+            return self._notify("warning", "Propagation runs on this machine's devices; choose cpu or a GPU "
+                                           "(or run medseg segment --propagate --server)")
 
         def job(progress, cancel):
             from ...errors import Cancelled
@@ -309,6 +321,8 @@ class SegmentWidget(SegmentControls):
             from ...models.load import load_model
             from ...segmentation import segment
 
+            if is_remote(device):
+                return self.server_picker.segment(device, target, card.id, progress, cancel, precision=precision)
             loaded = load_model(card.id, device=device)
             return segment(target, loaded, progress=progress, cancel=cancel, precision=precision), loaded.classes
 
