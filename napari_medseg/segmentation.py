@@ -161,9 +161,10 @@ def segment(
     if img.ndim not in (2, 3):
         raise MedsegError(f"{img.ndim}-D images are not supported")
     run_on = device if device not in (None, "", "auto") else loaded.info.get("device")
-    if not isinstance(img.array, np.ndarray):  # read lazily (OME-Zarr, pyramidal TIFF): these recipes see it all
+    lazy = not isinstance(img.array, np.ndarray)  # read lazily (OME-Zarr, pyramidal TIFF)
+    if lazy and (loaded.task != "box2d" or (img.ndim == 3 and propagate)):  # these recipes see it all
         img = resident(img)
-    if loaded.task == "box2d":
+    if loaded.task == "box2d":  # one plane, or crops of it, read as needed
         return _segment_box(img, loaded, box, points, point_labels, label, propagate, window, progress, cancel,
                             precision, zoom)
     if loaded.task == "auto2d":

@@ -53,6 +53,13 @@ def take_plane(image: Image, axis: int | None, index: int | None, limits: tuple[
     array = image.array
     if axis is not None:
         _check_index(array, axis, index)
+    if not isinstance(array, np.ndarray):  # a lazy array (zarr, dask): read this one plane only
+        from ..io.declared import check_memory
+
+        shape = [s for i, s in enumerate(array.shape) if i != axis]
+        check_memory(int(np.prod(shape)) * array.dtype.itemsize, "the plane")
+        array = np.asarray(array[(slice(None),) * axis + (index,)] if axis is not None else array[...])
+    elif axis is not None:
         array = np.take(array, index, axis=axis)
     return _as_plane(array, image, axis, limits, array.shape[:2])
 
